@@ -1,0 +1,56 @@
+"""Orbax checkpoints in `WORKDIR/checkpoints/`: the train state plus the architecture that made it.
+
+Every process must call `save` and `restore` (Orbax coordinates the hosts). Saves are atomic: a
+half-written step directory is never picked up by `latest_step`. The architecture is stored beside
+the state as JSON so that restoring into a different network fails with the differing fields named,
+instead of with a shape error deep inside Orbax.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from zfnet_jax import models
+
+
+class ArchitectureMismatchError(ValueError):
+  """The checkpoint was written by a network with a different architecture than the config's."""
+
+
+def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
+  path = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
+  return ocp.CheckpointManager(path, options=options, item_names=('state', 'architecture'))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, arch: models.Architecture) -> None:
+  """Starts an asynchronous save of `state` at `step`; `mngr.wait_until_finished()` blocks on it."""
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          architecture=ocp.args.JsonSave(arch.to_dict())))
+
+
+def _describe_mismatch(saved: dict, current: dict) -> str:
+  lines = []
+  for key in sorted(set(saved) | set(current)):
+    if saved.get(key) != current.get(key):
+      lines.append(f'  {key}: checkpoint {saved.get(key)!r} vs config {current.get(key)!r}')
+  return '\n'.join(lines)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, arch: models.Architecture) -> Any:
+  """Restores the state saved at `step` into the shapes and shardings of `abstract_state`.
+
+  Raises:
+    ArchitectureMismatchError: the checkpoint's architecture differs from `arch`.
+  """
+  saved = mngr.restore(step, args=ocp.args.Composite(architecture=ocp.args.JsonRestore()))['architecture']
+  current = json.loads(json.dumps(arch.to_dict()))  # JSON turns tuples into lists, as in `saved`
+  if saved != current:
+    raise ArchitectureMismatchError(
+        f'the checkpoint at step {step} in {mngr.directory} was written by a different architecture:\n'
+        f'{_describe_mismatch(saved, current)}\nUse the config that trained it, or a fresh --workdir.')
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+  return restored['state']

@@ -1,0 +1,112 @@
+"""The configuration schema (every field, with ZFNet-on-ImageNet defaults) and loading config files.
+
+Config files in `configs/` start from `base()` and change what differs, so every config has every
+field and a mistyped override fails instead of being silently added. From the command line:
+`--config configs/digits.py --config.batch_size=64 --config.model.fc_features=2048,2048`.
+From a notebook: `load('configs/digits.py', {'batch_size': 64})`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base() -> ml_collections.ConfigDict:
+  """ZFNet exactly as the seed's table (7x7/2/3, 5x5/2/2, 3x3/1/1 x3, floor 3x3/2 pooling), ImageNet."""
+  c = ml_collections.ConfigDict()
+
+  c.model = m = ml_collections.ConfigDict()
+  m.conv_features = (96, 256, 384, 384, 256)
+  m.conv_kernels = (7, 5, 3, 3, 3)
+  m.conv_strides = (2, 2, 1, 1, 1)
+  m.conv_paddings = (3, 2, 1, 1, 1)
+  m.pool_layers = (1, 2, 5)
+  m.pool_window = 3
+  m.pool_stride = 2
+  m.pool_mode = 'floor'  # or 'ceil' (the paper's / pytorchcv's 110-55-26-13-6 layout)
+  m.lrn = False  # contrast normalisation in m.lrn_layers; the seed's table has none
+  m.lrn_layers = (1, 2)
+  m.lrn_position = 'after_pool'  # the paper normalises after pooling; pytorchcv before
+  m.lrn_size = 5
+  m.lrn_k = 2.0
+  m.lrn_alpha = 1e-4  # PyTorch convention: divided by lrn_size
+  m.lrn_beta = 0.75
+  m.fc_features = (4096, 4096)  # widths of layers 6 and 7 (Table 3: 2048 / 8192)
+  m.remove_layers = ()  # Table 3 ablations: any of 3, 4, 5, 6, 7, e.g. (3, 4) or (6, 7)
+  m.dropout_rate = 0.5
+  m.num_classes = 1000
+  m.image_size = 224
+  m.in_channels = 3
+  m.kernel_init = 'paper'  # 'paper': N(0, 0.01^2); 'fan_in': He-scaled truncated normal
+
+  c.dataset = d = ml_collections.ConfigDict()
+  d.name = 'imagenet2012'  # any tfds image classification dataset, 'sklearn_digits', or 'folder:/path'
+  d.data_dir = config_dict.placeholder(str)  # tfds data dir; default ~/tensorflow_datasets or $TFDS_DATA_DIR
+  d.manual_dir = config_dict.placeholder(str)  # where ILSVRC2012_img_{train,val}.tar lie
+  d.train_split = 'train'
+  d.eval_split = 'validation'
+
+  c.input = i = ml_collections.ConfigDict()
+  i.resize_size = 256  # short side resized to this, then centre-cropped square (paper: 256)
+  i.crop = 'paper'  # 'paper': random image_size crop of the resized square; 'inception': random-resized crop
+  i.flip = True
+  i.normalization = 'mean'  # 'mean': pixels in [0, 255] minus the ImageNet mean (paper); 'mean_std': torchvision
+  i.shuffle_buffer = 16_384
+  i.cache = False  # cache the encoded split in memory (small datasets)
+
+  c.optim = o = ml_collections.ConfigDict()
+  o.learning_rate = 0.01
+  o.momentum = 0.9
+  o.nesterov = False
+  o.weight_decay = 0.0  # the paper mentions none; AlexNet used 5e-4
+  o.schedule = 'piecewise'  # 'piecewise' (divide by 10 at decay_epochs), 'cosine', 'constant'
+  o.decay_epochs = (30, 50, 65)  # the paper lowered the rate by hand on plateaus; this is our reading
+  o.warmup_epochs = 0.0
+  o.filter_rms_radius = 0.1  # renormalise conv filters whose RMS exceeds this after each step; 0 = off
+
+  c.batch_size = 128  # global, over all devices and hosts
+  c.eval_batch_size = 128
+  c.num_epochs = 70
+  c.seed = 0
+  c.dtype = 'float32'  # compute dtype; 'bfloat16' on TPU/GPU (parameters stay float32)
+  c.log_every_steps = 50
+  c.eval_every_epochs = 1
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  return c
+
+
+def load(path: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """Loads `get_config()` from a config file and applies dotted overrides, e.g. `{'model.lrn': True}`."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config file {path!r} does not exist (configs live in configs/, e.g. configs/digits.py)')
+  spec = importlib.util.spec_from_file_location('_zfnet_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in (overrides or {}).items():
+    parent, _, leaf = key.rpartition('.')
+    node = config
+    for part in filter(None, parent.split('.')):
+      node = node[part]
+    if leaf not in node:
+      raise KeyError(unknown_field_message(key, config))
+    node[leaf] = value
+  config.lock()
+  return config
+
+
+def unknown_field_message(key: str, config: ml_collections.ConfigDict) -> str:
+  parent = key.rpartition('.')[0]
+  try:
+    node = config
+    for part in filter(None, parent.split('.')):
+      node = node[part]
+    known = ', '.join(sorted(node.keys()))
+  except (KeyError, AttributeError):
+    known = ', '.join(sorted(config.keys()))
+  return f'unknown config field {key!r}; the fields there are: {known}'

@@ -1,0 +1,198 @@
+"""One config-driven conv net that covers ZFNet, AlexNet and the paper's ablations.
+
+`Architecture.from_config(config.model)` turns the flat, command-line-friendly fields of a config into
+a validated list of layers, named by their layer number in the paper (`conv1`..`conv5`, `fc6`, `fc7`,
+`fc8`), so that an ablation that removes layers 3 and 4 keeps `conv5` called `conv5`. `ConvNet` is the
+Flax module; `Architecture` is also what the deconvnet and the receptive-field code read.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from zfnet_jax import layers
+
+CONV_LAYERS = (1, 2, 3, 4, 5)
+FC_LAYERS = (6, 7)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+  """One convolutional stage: conv -> ReLU [-> LRN] [-> max-pool] [-> LRN] (LRN place configurable)."""
+  layer: int
+  features: int
+  kernel: int
+  stride: int
+  padding: int
+  pool: bool
+  lrn: bool
+
+  @property
+  def name(self) -> str:
+    return f'conv{self.layer}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """The whole network, validated. Map sizes follow from `image_size`."""
+  convs: tuple[ConvSpec, ...]
+  fcs: tuple[tuple[int, int], ...]  # (paper layer number, width) of the hidden fully connected layers
+  num_classes: int
+  image_size: int
+  in_channels: int = 3
+  pool_window: int = 3
+  pool_stride: int = 2
+  pool_ceil: bool = False
+  lrn_position: str = 'after_pool'  # or 'before_pool' (pytorchcv)
+  lrn_size: int = 5
+  lrn_k: float = 2.0
+  lrn_alpha: float = 1e-4
+  lrn_beta: float = 0.75
+  dropout_rate: float = 0.5
+
+  @classmethod
+  def from_config(cls, m: ml_collections.ConfigDict) -> 'Architecture':
+    """Builds and validates the architecture described by `config.model`."""
+    per_layer = {
+        'conv_features': m.conv_features, 'conv_kernels': m.conv_kernels,
+        'conv_strides': m.conv_strides, 'conv_paddings': m.conv_paddings}
+    for field, values in per_layer.items():
+      if len(values) != len(CONV_LAYERS):
+        raise ValueError(f'config.model.{field} needs one value per conv layer 1-5, got {tuple(values)}')
+    for layer in tuple(m.pool_layers) + tuple(m.lrn_layers):
+      if layer not in CONV_LAYERS:
+        raise ValueError(f'config.model.pool_layers / lrn_layers name conv layers 1-5, got {layer}')
+    if len(m.fc_features) != len(FC_LAYERS):
+      raise ValueError(f'config.model.fc_features needs widths for layers 6 and 7, got {tuple(m.fc_features)}')
+    for layer in m.remove_layers:
+      if layer not in (3, 4, 5, 6, 7):
+        raise ValueError(f'config.model.remove_layers may name layers 3-7 (the paper removes 3,4 and/or 6,7), '
+                         f'got {layer}')
+    if m.lrn_position not in ('after_pool', 'before_pool'):
+      raise ValueError(f"config.model.lrn_position must be 'after_pool' or 'before_pool', got {m.lrn_position!r}")
+    convs = tuple(
+        ConvSpec(layer=n, features=int(m.conv_features[i]), kernel=int(m.conv_kernels[i]),
+                 stride=int(m.conv_strides[i]), padding=int(m.conv_paddings[i]),
+                 pool=n in m.pool_layers, lrn=n in m.lrn_layers and m.lrn)
+        for i, n in enumerate(CONV_LAYERS) if n not in m.remove_layers)
+    fcs = tuple((n, int(w)) for n, w in zip(FC_LAYERS, m.fc_features) if n not in m.remove_layers)
+    arch = cls(convs=convs, fcs=fcs, num_classes=int(m.num_classes), image_size=int(m.image_size),
+               in_channels=int(m.in_channels), pool_window=int(m.pool_window), pool_stride=int(m.pool_stride),
+               pool_ceil=m.pool_mode == 'ceil', lrn_position=m.lrn_position, lrn_size=int(m.lrn_size),
+               lrn_k=float(m.lrn_k), lrn_alpha=float(m.lrn_alpha), lrn_beta=float(m.lrn_beta),
+               dropout_rate=float(m.dropout_rate))
+    if m.pool_mode not in ('floor', 'ceil'):
+      raise ValueError(f"config.model.pool_mode must be 'floor' or 'ceil', got {m.pool_mode!r}")
+    for spec in convs + tuple(fcs):
+      if (spec.features if isinstance(spec, ConvSpec) else spec[1]) < 1:
+        raise ValueError(f'every layer needs at least one feature: {spec}')
+    arch.map_sizes()  # raises if a map shrinks away
+    return arch
+
+  def map_sizes(self) -> dict[str, tuple[int, int]]:
+    """Spatial size of every conv layer's output before and after pooling, for `image_size` input.
+
+    Returns:
+      `{'conv1': (conv_out, pooled_out), ...}`; `pooled_out == conv_out` where a layer has no pool.
+    """
+    size, sizes = self.image_size, {}
+    for c in self.convs:
+      conv_out = (size + 2 * c.padding - c.kernel) // c.stride + 1
+      if conv_out < 1:
+        raise ValueError(f'{c.name} ({c.kernel}x{c.kernel}/{c.stride}, padding {c.padding}) shrinks its '
+                         f'{size}x{size} input to nothing: use a larger config.model.image_size or smaller '
+                         f'kernels/strides')
+      size = conv_out
+      if c.pool:
+        size = layers.pool_output_size(conv_out, self.pool_window, self.pool_stride, self.pool_ceil)
+        if size < 1:
+          raise ValueError(f'the {self.pool_window}x{self.pool_window} pool after {c.name} does not fit its '
+                           f'{conv_out}x{conv_out} map: use a larger config.model.image_size')
+      sizes[c.name] = (conv_out, size)
+    return sizes
+
+  def to_dict(self) -> dict[str, Any]:
+    """A JSON-able description, stored with checkpoints to detect architecture mismatches."""
+    return dataclasses.asdict(self)
+
+
+KERNEL_INITS = {
+    'paper': nn.initializers.normal(stddev=0.01),  # N(0, 0.01^2), as in the paper
+    'fan_in': nn.initializers.variance_scaling(2.0, 'fan_in', 'truncated_normal'),  # He et al.
+}
+
+
+class ConvNet(nn.Module):
+  """ZFNet-family classifier.
+
+  Layer outputs (after ReLU, pooling and normalisation; for fc layers after ReLU) are sown into the
+  `intermediates` collection as `layer1`..`layer7` when it is mutable; with `record=True` the
+  max-pool switches are sown into `switches` (for the deconvnet) and the pre-pool maps into
+  `intermediates` as `conv{n}_prepool`.
+  """
+  arch: Architecture
+  dtype: Any = jnp.float32
+  kernel_init: str = 'fan_in'
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False, record: bool = False) -> jax.Array:
+    """`[B, H, W, in_channels]` images -> `[B, num_classes]` logits."""
+    a = self.arch
+    init = KERNEL_INITS[self.kernel_init]
+    x = x.astype(self.dtype)
+    for c in a.convs:
+      x = nn.Conv(c.features, (c.kernel, c.kernel), (c.stride, c.stride), padding=[(c.padding, c.padding)] * 2,
+                  dtype=self.dtype, kernel_init=init, name=c.name)(x)
+      x = nn.relu(x)
+      if c.lrn and a.lrn_position == 'before_pool':
+        x = self._lrn(x)
+      if c.pool:
+        if record:
+          self.sow('intermediates', f'{c.name}_prepool', x)
+          x, switches = layers.max_pool_with_switches(x, a.pool_window, a.pool_stride, a.pool_ceil)
+          self.sow('switches', c.name, switches)
+        else:
+          x = layers.max_pool(x, a.pool_window, a.pool_stride, a.pool_ceil)
+      if c.lrn and a.lrn_position == 'after_pool':
+        x = self._lrn(x)
+      self.sow('intermediates', f'layer{c.layer}', x)
+    x = x.reshape((x.shape[0], -1))
+    for n, width in a.fcs:
+      x = nn.Dense(width, dtype=self.dtype, kernel_init=init, name=f'fc{n}')(x)
+      x = nn.relu(x)
+      self.sow('intermediates', f'layer{n}', x)
+      x = nn.Dropout(a.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(a.num_classes, dtype=self.dtype, kernel_init=init, name='fc8')(x)
+    return x.astype(jnp.float32)
+
+  def _lrn(self, x: jax.Array) -> jax.Array:
+    a = self.arch
+    return layers.local_response_norm(x, a.lrn_size, a.lrn_k, a.lrn_alpha, a.lrn_beta)
+
+
+def create_model(config: ml_collections.ConfigDict) -> ConvNet:
+  """The `ConvNet` that `config.model` describes, with `config.dtype` for compute."""
+  if config.model.kernel_init not in KERNEL_INITS:
+    raise ValueError(f'config.model.kernel_init must be one of {sorted(KERNEL_INITS)}, '
+                     f'got {config.model.kernel_init!r}')
+  dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+  if config.dtype not in dtypes:
+    raise ValueError(f'config.dtype must be one of {sorted(dtypes)}, got {config.dtype!r}')
+  return ConvNet(Architecture.from_config(config.model), dtype=dtypes[config.dtype],
+                 kernel_init=config.model.kernel_init)
+
+
+def init_params(model: ConvNet, rng: jax.Array) -> dict:
+  """Float32 parameters for `model`, shaped for its `image_size` input."""
+  a = model.arch
+  x = jnp.zeros((1, a.image_size, a.image_size, a.in_channels), jnp.float32)
+  return model.init(rng, x)['params']
+
+
+def count_params(params: Any) -> int:
+  return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,104 @@
+"""The train and eval steps as pure functions, and their jitted, sharded forms over a device mesh.
+
+Data parallelism with `jax.jit`: the global batch is sharded over the `data` axis of a 1-D mesh of
+every device of every host; parameters and optimiser state are replicated. Losses are means over the
+global batch, so XLA's all-reduce averages gradients over all devices.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from zfnet_jax import models, optim
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+  """A 1-D `data` mesh over `devices` (default: every device of every process)."""
+  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ('data',))
+
+
+def global_batch(mesh: Mesh, host_batch: dict[str, np.ndarray]) -> Batch:
+  """Assembles the hosts' local batches into global arrays sharded over the `data` axis."""
+  sharding = NamedSharding(mesh, P('data'))
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """`[B, K]` logits, `[B]` int labels -> `[B]` losses."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """`[B]` 1.0 where the label is among the `k` highest logits."""
+  k = min(k, logits.shape[-1])
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  # rank = number of classes strictly above the label; ties count in the label's favour
+  return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: Batch, *, model: models.ConvNet, tx: optax.GradientTransformation,
+               dropout_key: jax.Array, filter_rms_radius: float) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step on `batch` (`image` `[B, S, S, C]`, `label` `[B]`); returns metrics as batch means."""
+  rng = jax.random.fold_in(dropout_key, state.step)
+
+  def loss_fn(params):
+    logits = model.apply({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
+    return jnp.mean(cross_entropy(logits, batch['label'])), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  if filter_rms_radius:
+    params = optim.renormalize_filters(params, filter_rms_radius)
+  metrics = {'loss': loss, 'top1': jnp.mean(topk_correct(logits, batch['label'], 1)),
+             'top5': jnp.mean(topk_correct(logits, batch['label'], 5))}
+  return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def eval_step(params: Any, batch: Batch, *, model: models.ConvNet) -> dict[str, jax.Array]:
+  """Sums over the `mask == 1` examples of `batch`: loss, top-1 and top-5 correct, count."""
+  logits = model.apply({'params': params}, batch['image'])
+  mask = batch['mask'].astype(jnp.float32)
+  return {'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),
+          'top1': jnp.sum(topk_correct(logits, batch['label'], 1) * mask),
+          'top5': jnp.sum(topk_correct(logits, batch['label'], 5) * mask),
+          'count': jnp.sum(mask)}
+
+
+def create_state(model: models.ConvNet, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  params = models.init_params(model, rng)
+  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+
+def jit_steps(mesh: Mesh, model: models.ConvNet, tx: optax.GradientTransformation, seed: int,
+              filter_rms_radius: float) -> tuple[Callable, Callable, Callable]:
+  """`(init, train, eval)` jitted with explicit shardings; `train` donates the state it is given.
+
+  `init(rng) -> state` (replicated); `train(state, batch) -> (state, metrics)`;
+  `eval(params, batch) -> sums`.
+  """
+  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  init = jax.jit(functools.partial(create_state, model, tx), out_shardings=replicated)
+  train = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, dropout_key=jax.random.key(seed),
+                        filter_rms_radius=filter_rms_radius),
+      in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0)
+  evaluate = jax.jit(functools.partial(eval_step, model=model), in_shardings=(replicated, data),
+                     out_shardings=replicated)
+  return init, train, evaluate

@@ -1,0 +1,159 @@
+"""Training: `python -m zfnet_jax.train --config configs/digits.py --workdir runs/digits`.
+
+Overrides: `--config.batch_size=256`, `--config.model.fc_features=2048,2048`. Re-running the same
+command on the same workdir resumes from the latest checkpoint. Many hosts: run the same command on
+every host with `--distributed` (TPU VMs, SLURM: auto-detected), or give `--coordinator_address`,
+`--num_processes` and `--process_id` explicitly.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from zfnet_jax import checkpointing, config_lib, input_pipeline, metric_writer, models, optim, steps
+
+
+def log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Cross-field checks that need the device count; single fields are checked where they are used."""
+  n_dev, n_proc = jax.device_count(), jax.process_count()
+  for field in ('batch_size', 'eval_batch_size'):
+    value = config[field]
+    if value < 1 or value % n_dev:
+      raise ValueError(f'config.{field}={value} must be a positive multiple of the {n_dev} devices '
+                       f'({n_proc} process(es)): e.g. --config.{field}={max(1, value // n_dev) * n_dev}')
+  if config.num_epochs <= 0:
+    raise ValueError(f'config.num_epochs must be positive, got {config.num_epochs}')
+
+
+def evaluate(eval_fn, params, config: ml_collections.ConfigDict, mesh, split: str | None = None) -> dict[str, float]:
+  """Loss, top-1 and top-5 accuracy over the whole split; every example counted exactly once."""
+  batches, _, num_examples = input_pipeline.eval_batches(
+      config, split, jax.process_index(), jax.process_count())
+  sums = None
+  for batch in batches:
+    out = eval_fn(params, steps.global_batch(mesh, batch))
+    sums = out if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, out)
+  sums = jax.tree_util.tree_map(lambda x: float(np.asarray(x)), sums)
+  if int(sums['count']) != num_examples:
+    raise RuntimeError(f'evaluation counted {int(sums["count"])} examples, the split has {num_examples}')
+  count = sums.pop('count')
+  return {**{k: v / count for k, v in sums.items()}, 'num_examples': count}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the final eval metrics."""
+  input_pipeline.hide_accelerators_from_tf()
+  check_config(config)
+  model = models.create_model(config)
+  arch = model.arch
+  os.makedirs(workdir, exist_ok=True)
+  mesh = steps.make_mesh()
+  n_proc, proc = jax.process_count(), jax.process_index()
+
+  train_iter_start = 0
+  mngr = checkpointing.manager(workdir, config.keep_checkpoints)
+  latest = mngr.latest_step()
+  if latest is not None:
+    train_iter_start = latest
+  batches, steps_per_epoch = input_pipeline.train_batches(config, train_iter_start, proc, n_proc)
+  num_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
+  schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, num_steps)
+  tx = optim.create_optimizer(config.optim, schedule)
+  init_fn, train_fn, eval_fn = steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius)
+
+  state = init_fn(jax.random.key(config.seed))
+  writer = metric_writer.MetricWriter(workdir, enabled=proc == 0)
+  if latest is not None:
+    state = checkpointing.restore(mngr, latest, state, arch)
+    writer.drop_after(latest)
+    log(f'Resuming from the checkpoint at step {latest}/{num_steps} in {mngr.directory}')
+  else:
+    log(f'Training {models.count_params(state.params):,} parameters from scratch: {num_steps} steps '
+        f'({config.num_epochs} epochs of {steps_per_epoch}), global batch {config.batch_size} on '
+        f'{jax.device_count()} device(s), {n_proc} process(es). Logs: {workdir}')
+
+  step = int(state.step)
+  progress = metric_writer.Progress(num_steps, step, config.batch_size)
+  eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
+  sums, n_sums = None, 0
+  while step < num_steps:
+    batch = steps.global_batch(mesh, next(batches))
+    state, metrics = train_fn(state, batch)
+    step += 1
+    sums = metrics if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, metrics)
+    n_sums += 1
+    last = step == num_steps
+    save_now = step % config.checkpoint_every_steps == 0 or last
+    if step % config.log_every_steps == 0 or save_now:
+      means = {k: float(v) / n_sums for k, v in sums.items()}
+      if not all(np.isfinite(list(means.values()))):
+        raise FloatingPointError(
+            f'non-finite training loss between steps {step - n_sums + 1} and {step} ({means}); '
+            f'the last good checkpoint (step {mngr.latest_step()}) in {mngr.directory} is kept. Lower '
+            f'config.optim.learning_rate or check the input data.')
+      means['learning_rate'] = float(schedule(step - 1))
+      writer.write(step, 'train', means)
+      images_per_s, eta = progress.report(step)
+      log(f'step {step}/{num_steps} (epoch {step / steps_per_epoch:.1f}) loss {means["loss"]:.4f} '
+          f'top1 {means["top1"]:.3f} | {images_per_s:,.0f} img/s | {eta}')
+      sums, n_sums = None, 0
+    if save_now:
+      checkpointing.save(mngr, step, state, arch)
+    if step % eval_every == 0 or last:
+      results = evaluate(eval_fn, state.params, config, mesh)
+      writer.write(step, 'eval', results)
+      log(f'eval at step {step}: loss {results["loss"]:.4f} top1 {results["top1"]:.4f} '
+          f'top5 {results["top5"]:.4f} ({int(results["num_examples"])} examples)')
+      progress.restart(step)  # keep eval time out of the throughput figure
+  if latest is not None and latest >= num_steps:
+    log(f'Training already finished at step {latest}; evaluating the final checkpoint.')
+    results = evaluate(eval_fn, state.params, config, mesh)
+    log(f'eval at step {step}: loss {results["loss"]:.4f} top1 {results["top1"]:.4f} '
+        f'top5 {results["top5"]:.4f} ({int(results["num_examples"])} examples)')
+  mngr.wait_until_finished()
+  mngr.close()
+  return results
+
+
+def main(argv: list[str]) -> None:
+  from absl import flags, logging
+  del argv
+  logging.set_verbosity(logging.WARNING)  # tfds and Orbax log every file they touch at INFO
+  FLAGS = flags.FLAGS
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif FLAGS.distributed:
+    jax.distributed.initialize()
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+def _define_flags() -> None:
+  from absl import flags
+  from ml_collections import config_flags
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl and TensorBoard logs.',
+                      required=True)
+  config_flags.DEFINE_config_file('config', None, 'A config file in configs/, e.g. configs/digits.py.',
+                                  lock_config=True)
+  flags.DEFINE_bool('distributed', False, 'Multi-host: call jax.distributed.initialize() (auto-detected '
+                    'on TPU VMs and SLURM).')
+  flags.DEFINE_string('coordinator_address', None, 'Multi-host by hand: host:port of process 0.')
+  flags.DEFINE_integer('num_processes', None, 'Multi-host by hand: number of processes.')
+  flags.DEFINE_integer('process_id', None, 'Multi-host by hand: this process\'s index.')
+  flags.mark_flag_as_required('config')
+
+
+if __name__ == '__main__':
+  from absl import app
+  _define_flags()
+  app.run(main)
