@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+import ml_collections
 import orbax.checkpoint as ocp
 
 from zfnet_jax import models
@@ -40,17 +41,36 @@ def _describe_mismatch(saved: dict, current: dict) -> str:
   return '\n'.join(lines)
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, arch: models.Architecture) -> Any:
-  """Restores the state saved at `step` into the shapes and shardings of `abstract_state`.
-
-  Raises:
-    ArchitectureMismatchError: the checkpoint's architecture differs from `arch`.
-  """
+def check_architecture(mngr: ocp.CheckpointManager, step: int, arch: models.Architecture) -> None:
+  """Raises `ArchitectureMismatchError`, naming the differing fields, if `step` was saved by another network."""
   saved = mngr.restore(step, args=ocp.args.Composite(architecture=ocp.args.JsonRestore()))['architecture']
   current = json.loads(json.dumps(arch.to_dict()))  # JSON turns tuples into lists, as in `saved`
   if saved != current:
     raise ArchitectureMismatchError(
         f'the checkpoint at step {step} in {mngr.directory} was written by a different architecture:\n'
         f'{_describe_mismatch(saved, current)}\nUse the config that trained it, or a fresh --workdir.')
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, arch: models.Architecture) -> Any:
+  """Restores the train state saved at `step` into the shapes and shardings of `abstract_state`."""
+  check_architecture(mngr, step, arch)
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
   return restored['state']
+
+
+def load_params(config: ml_collections.ConfigDict, workdir: str,
+                step: int | None = None) -> tuple[models.ConvNet, Any, int]:
+  """`(model, params, step)` from `WORKDIR/checkpoints` (latest step by default), for analysis tools.
+
+  Params come back as host-local float32 arrays, whatever the sharding they were saved with.
+  """
+  model = models.create_model(config)
+  mngr = manager(workdir)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {mngr.directory}: train first with\n'
+                            f'  python -m zfnet_jax.train --config CONFIG --workdir {workdir}')
+  check_architecture(mngr, step, model.arch)
+  params = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']['params']
+  mngr.close()
+  return model, params, step
