@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -110,3 +111,14 @@ def unknown_field_message(key: str, config: ml_collections.ConfigDict) -> str:
   except (KeyError, AttributeError):
     known = ', '.join(sorted(config.keys()))
   return f'unknown config field {key!r}; the fields there are: {known}'
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """`flags_parser` for `absl.app.run`: a mistyped `--config.field` exits with a clear message, no traceback."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections' "Did you mean ..." for unknown fields
+    detail = re.sub(r"(\\n|[\\'\n])+", ' ', str(e)).strip()
+    raise SystemExit(f'error: unknown config field: {detail} Every field is listed, with its default, in '
+                     f'zfnet_jax/config_lib.py (base); config files only change values.') from None

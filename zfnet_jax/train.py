@@ -156,4 +156,4 @@ def _define_flags() -> None:
 if __name__ == '__main__':
   from absl import app
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

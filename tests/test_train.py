@@ -1,0 +1,149 @@
+"""Training: a real step on mock ImageNet, sharding invariance, checkpoints, evaluation, input order, errors."""
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import REPO, config_path, digits_config
+from zfnet_jax import checkpointing, config_lib, input_pipeline, models, optim, steps, train
+
+
+def make_steps(config, devices=None, steps_per_epoch=10):
+  model = models.create_model(config)
+  schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, 10 * steps_per_epoch)
+  tx = optim.create_optimizer(config.optim, schedule)
+  mesh = steps.make_mesh(devices)
+  return model, mesh, steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius)
+
+
+def test_one_train_step_of_default_zfnet_on_mock_imagenet(tmp_path):
+  config = config_lib.load(config_path('default'), {'batch_size': 8, 'dataset.data_dir': str(tmp_path)})
+  with tfds.testing.mock_data(num_examples=8):
+    batches, _ = input_pipeline.train_batches(config)
+    batch = next(batches)
+  assert batch['image'].shape == (8, 224, 224, 3) and batch['label'].shape == (8,)
+  model, mesh, (init, train_step, _) = make_steps(config, jax.devices()[:1])
+  state = init(jax.random.key(0))
+  before = jax.tree_util.tree_map(np.asarray, state.params)
+  state, metrics = train_step(state, steps.global_batch(mesh, batch))
+  # N(0, 0.01^2) weights give near-zero logits: the loss is that of a uniform guess over 1000 classes
+  assert abs(float(metrics['loss']) - math.log(1000)) < 0.05
+  assert int(state.step) == 1
+  for name in ('conv1', 'fc6', 'fc8'):
+    assert not np.allclose(before[name]['kernel'], state.params[name]['kernel']), name
+
+
+def test_sharded_step_equals_single_device_step(tfds_dir):
+  config = digits_config(tfds_dir, batch_size=16)
+  batches, _ = input_pipeline.train_batches(config)
+  host_batches = [next(batches) for _ in range(2)]
+  finals = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    _, mesh, (init, train_step, _) = make_steps(config, devices)
+    state = init(jax.random.key(0))
+    for b in host_batches:
+      state, _ = train_step(state, steps.global_batch(mesh, b))
+    finals.append(jax.tree_util.tree_map(np.asarray, state.params))
+  assert len(jax.devices()) == 8
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), *finals)
+
+
+def test_checkpoint_save_restore_is_identical_and_checks_architecture(tfds_dir, tmp_path):
+  config = digits_config(tfds_dir, batch_size=16)
+  model, mesh, (init, train_step, _) = make_steps(config)
+  batches, _ = input_pipeline.train_batches(config)
+  state, _ = train_step(init(jax.random.key(0)), steps.global_batch(mesh, next(batches)))
+  mngr = checkpointing.manager(str(tmp_path))
+  checkpointing.save(mngr, 1, state, model.arch)
+  mngr.wait_until_finished()
+  restored = checkpointing.restore(mngr, 1, init(jax.random.key(1)), model.arch)
+  leaves = jax.tree_util.tree_leaves_with_path(state)
+  assert len(leaves) == len(jax.tree_util.tree_leaves(restored)) > 10
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state, restored)
+  other = digits_config(tfds_dir, model__fc_features=(128, 128))
+  with pytest.raises(checkpointing.ArchitectureMismatchError, match=r'fcs: checkpoint \[\[6, 256\], \[7, 256\]\]'):
+    checkpointing.load_params(other, str(tmp_path))
+
+
+def test_evaluation_counts_every_example_exactly_once(tfds_dir):
+  config = digits_config(tfds_dir, eval_batch_size=64)  # 360 test examples = 5 x 64 + 40
+  model, mesh, (init, _, eval_fn) = make_steps(config)
+  params = init(jax.random.key(3)).params
+  got = train.evaluate(eval_fn, params, config, mesh)
+  # independent: every test image preprocessed on its own, one forward over the whole split
+  ds = tfds.builder('sklearn_digits', data_dir=tfds_dir).as_dataset(split='test')
+  images, labels = zip(*[(input_pipeline.preprocess_eval(ex['image'], config).numpy(), int(ex['label']))
+                         for ex in ds])
+  logits = np.asarray(model.apply({'params': params}, np.stack(images)))
+  labels = np.asarray(labels)
+  log_probs = logits - np.log(np.sum(np.exp(logits - logits.max(1, keepdims=True)), 1, keepdims=True)) \
+      - logits.max(1, keepdims=True)
+  assert got['num_examples'] == len(labels) == 360
+  np.testing.assert_allclose(got['loss'], -np.mean(log_probs[np.arange(360), labels]), rtol=1e-4)
+  assert got['top1'] == pytest.approx(np.mean(np.argmax(logits, 1) == labels))
+  top5 = np.argsort(-logits, axis=1)[:, :5]
+  assert got['top5'] == pytest.approx(np.mean(np.any(top5 == labels[:, None], axis=1)))
+
+
+def test_training_batches_are_a_function_of_the_step(tfds_dir):
+  config = digits_config(tfds_dir)  # 22 steps per epoch: batch 27 of a fresh start is in epoch 2
+  from_start, spe = input_pipeline.train_batches(config, start_step=0)
+  first = [next(from_start) for _ in range(27)]
+  resumed, _ = input_pipeline.train_batches(config, start_step=20)
+  assert spe == 22
+  for i in range(20, 27):
+    b = next(resumed)
+    np.testing.assert_array_equal(b['image'], first[i]['image'])
+    np.testing.assert_array_equal(b['label'], first[i]['label'])
+  assert not np.array_equal(first[0]['label'], first[22]['label'])  # epochs are shuffled differently
+
+
+def test_learning_rate_schedules():
+  config = config_lib.load(config_path('default'))
+  schedule = optim.learning_rate_schedule(config.optim, 100, 7000)
+  assert [float(schedule(s)) for s in (0, 2999, 3000, 4999, 5000, 6500)] == pytest.approx(
+      [1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-5])
+  config = config_lib.load(config_path('digits'))
+  schedule = optim.learning_rate_schedule(config.optim, 10, 100)
+  assert float(schedule(0)) == 0 and float(schedule(10)) == pytest.approx(0.02)
+  assert float(schedule(100)) == pytest.approx(0, abs=1e-9)
+
+
+def test_missing_imagenet_names_the_archives_and_the_command(tmp_path):
+  config = config_lib.load(config_path('default'), {'dataset.data_dir': str(tmp_path)})
+  with pytest.raises(input_pipeline.DatasetNotFoundError) as e:
+    input_pipeline.get_builder(config.dataset)
+  msg = str(e.value)
+  manual = os.path.join(str(tmp_path), 'downloads', 'manual')
+  assert 'ILSVRC2012_img_train.tar' in msg and 'ILSVRC2012_img_val.tar' in msg and manual in msg
+  assert f'python scripts/prepare_imagenet.py --manual_dir {manual} --data_dir {tmp_path}' in msg
+
+
+def test_unknown_config_field_on_the_command_line_fails_clearly(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'zfnet_jax.train', '--config', config_path('digits'),
+                        '--workdir', str(tmp_path / 'run'), '--config.batch_sz=32'],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert 'unknown config field: batch_sz Did you mean "batch_size"' in out.stderr
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_digits_run_logs_and_resumes_instead_of_retraining(trained_digits):
+  config, workdir = trained_digits
+  records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  evals = [r for r in records if r['split'] == 'eval']
+  assert evals[-1]['step'] == 88 and evals[-1]['num_examples'] == 360
+  assert {'loss', 'top1', 'top5'} <= set(evals[-1]) and evals[-1]['top1'] > 0.3
+  assert glob.glob(os.path.join(workdir, 'tensorboard', 'train', 'events.out.tfevents.*'))
+  again = train.train_and_evaluate(config, workdir)
+  assert again['top1'] == pytest.approx(evals[-1]['top1'])
+  records_after = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [r for r in records_after if r['split'] == 'train'] == [r for r in records if r['split'] == 'train']
+  assert checkpointing.manager(workdir).latest_step() == 88
