@@ -36,7 +36,7 @@ def random_state_dict(m, seed: int = 0) -> dict[str, torch.Tensor]:
   g = torch.Generator().manual_seed(seed)
   sd, channels, size = {}, m.in_channels, m.image_size
   for n in range(1, 6):
-    i, out, k = n - 1, m.conv_features[n - 1], m.conv_kernels[n - 1]
+    out, k = m.conv_features[n - 1], m.conv_kernels[n - 1]
     sd[f'{PYTORCHCV_CONVS[n]}.weight'] = torch.randn(out, channels, k, k, generator=g) / (channels * k * k) ** 0.5
     sd[f'{PYTORCHCV_CONVS[n]}.bias'] = torch.randn(out, generator=g)
     channels = out

@@ -54,6 +54,7 @@ def test_one_crop_equals_training_evaluation_and_bad_modes_fail(trained_digits):
   config, workdir = trained_digits
   record = evaluate.evaluate(config, workdir, num_crops=1)
   model, params, _ = checkpointing.load_params(config, workdir)
+  params = jax.tree_util.tree_map(np.asarray, params)  # host arrays: jit places them beside the sharded batch
   expected = train.evaluate(jax.jit(functools.partial(steps.eval_step, model=model)), params, config,
                             steps.make_mesh())
   assert record['crops'] == 1 and record['num_examples'] == expected['num_examples'] == 360

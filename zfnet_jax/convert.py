@@ -208,6 +208,7 @@ def import_weights(path: str, config: ml_collections.ConfigDict, workdir: str) -
   check_metadata(metadata, model.arch, path)
   params = from_state_dict(tensors, model.arch, path)
   params = jax.tree_util.tree_map(jnp.asarray, params)
+  # the schedule only shapes the optimiser state here; train builds the real one when it resumes
   tx = optim.create_optimizer(config.optim, optax.constant_schedule(config.optim.learning_rate))
   state = steps.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   mngr = checkpointing.manager(workdir, config.keep_checkpoints)
