@@ -20,7 +20,8 @@ def make_steps(config, devices=None, steps_per_epoch=10):
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, 10 * steps_per_epoch)
   tx = optim.create_optimizer(config.optim, schedule)
   mesh = steps.make_mesh(devices)
-  return model, mesh, steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius)
+  return model, mesh, steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius,
+                                      config.skip_nonfinite_steps)
 
 
 def test_one_train_step_of_default_zfnet_on_mock_imagenet(tmp_path):

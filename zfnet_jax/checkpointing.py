@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -24,7 +25,8 @@ class ArchitectureMismatchError(ValueError):
 def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
   path = os.path.join(os.path.abspath(workdir), 'checkpoints')
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(path, options=options, item_names=('state', 'architecture'))
+  handlers = {'state': ocp.StandardCheckpointHandler(), 'architecture': ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, arch: models.Architecture) -> None:
@@ -62,7 +64,7 @@ def load_params(config: ml_collections.ConfigDict, workdir: str,
                 step: int | None = None) -> tuple[models.ConvNet, Any, int]:
   """`(model, params, step)` from `WORKDIR/checkpoints` (latest step by default), for analysis tools.
 
-  Params come back as host-local float32 arrays, whatever the sharding they were saved with.
+  Params come back on this process's first device, whatever devices and hosts saved them.
   """
   model = models.create_model(config)
   mngr = manager(workdir)
@@ -71,6 +73,9 @@ def load_params(config: ml_collections.ConfigDict, workdir: str,
     raise FileNotFoundError(f'no checkpoint in {mngr.directory}: train first with\n'
                             f'  python -m zfnet_jax.train --config CONFIG --workdir {workdir}')
   check_architecture(mngr, step, model.arch)
-  params = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']['params']
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  saved = mngr.item_metadata(step)['state']
+  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+  params = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']['params']
   mngr.close()
   return model, params, step

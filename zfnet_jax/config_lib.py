@@ -58,6 +58,8 @@ def base() -> ml_collections.ConfigDict:
   i.normalization = 'mean'  # 'mean': pixels in [0, 255] minus the ImageNet mean (paper); 'mean_std': torchvision
   i.shuffle_buffer = 16_384
   i.cache = False  # cache the encoded split in memory (small datasets)
+  i.data_shards = 0  # read the train split in this many parts (0: one per process); fixed K makes the
+  #                    batches identical for any number of processes dividing K
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 0.01
@@ -71,13 +73,15 @@ def base() -> ml_collections.ConfigDict:
 
   c.batch_size = 128  # global, over all devices and hosts
   c.eval_batch_size = 128
-  c.num_epochs = 70
+  c.num_epochs = 70.0
+  c.num_train_steps = -1  # > 0: train exactly this many steps instead of num_epochs
   c.seed = 0
   c.dtype = 'float32'  # compute dtype; 'bfloat16' on TPU/GPU (parameters stay float32)
   c.log_every_steps = 50
   c.eval_every_epochs = 1
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  c.skip_nonfinite_steps = False  # False: stop on a non-finite loss; True: skip such batches and go on
   return c
 
 

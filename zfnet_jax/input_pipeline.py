@@ -9,12 +9,14 @@ number of steps with `mask == 0` examples, so every example of the split counts 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 from typing import Iterator
 
 import ml_collections
 import numpy as np
+import PIL.Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -80,9 +82,8 @@ def _imagenet_missing_message(builder: tfds.core.DatasetBuilder, manual_dir: str
           f'{manual_dir} (or set --config.dataset.manual_dir), then prepare the dataset once (hours):\n  {prepare}')
 
 
-def load_split(config: ml_collections.ConfigDict, split: str, process_index: int = 0,
-               process_count: int = 1) -> Split:
-  """This host's part of `split`, decoded, in a fixed order."""
+def load_split(config: ml_collections.ConfigDict, split: str, shard_index: int = 0, num_shards: int = 1) -> Split:
+  """Part `shard_index` of `num_shards` disjoint parts of `split`, decoded, in a fixed order."""
   builder = get_builder(config.dataset)
   known_splits = builder.info.splits  # empty under tfds.testing.mock_data
   if known_splits and split not in known_splits:
@@ -94,16 +95,30 @@ def load_split(config: ml_collections.ConfigDict, split: str, process_index: int
                      f'{config.model.num_classes}: set --config.model.num_classes={num_classes}')
   read = tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)
   if isinstance(builder, tfds.folder_dataset.ImageFolder):
-    ds = builder.as_dataset(split=split, shuffle_files=False).shard(process_count, process_index)
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
+    ds = ds.shard(num_shards, shard_index).map(
+        lambda ex: {'image': _decode_file(ex['image'], ex['image/filename']), 'label': ex['label']})
   else:
-    host_split = tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
-    ds = builder.as_dataset(split=host_split, shuffle_files=False, read_config=read)
+    part = tfds.even_splits(split, n=num_shards, drop_remainder=False)[shard_index]
+    ds = builder.as_dataset(split=part, shuffle_files=False, read_config=read)
   if split in known_splits:
     num_examples = known_splits[split].num_examples
   else:
     num_examples = int(builder.as_dataset(split=split).reduce(0, lambda n, _: n + 1))
   ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
   return Split(ds, num_examples, num_classes)
+
+
+def _decode_file(encoded: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
+  """Decodes an image file's bytes to uint8 RGB `[H, W, 3]`; an unreadable file is an error naming it."""
+  def decode(data: bytes, name: bytes) -> np.ndarray:
+    try:
+      with PIL.Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert('RGB'))
+    except (OSError, ValueError) as e:
+      raise ValueError(f'corrupt or unreadable image file {name.decode()} ({e}): remove or replace it') from None
+  image = tf.numpy_function(decode, [encoded, filename], tf.uint8, stateful=False)
+  return tf.ensure_shape(image, (None, None, 3))
 
 
 def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
@@ -178,44 +193,61 @@ def preprocess_train(image: tf.Tensor, seed: tf.Tensor, config: ml_collections.C
   return _normalize(image, config.input.normalization)
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict, num_train_examples: int, process_count: int) -> int:
-  """Steps in one epoch; the same on every host (each host has at least floor(n / hosts) examples)."""
-  host_batch = config.batch_size // process_count
-  steps = (num_train_examples // process_count) // host_batch
-  if steps < 1:
-    raise ValueError(f'config.batch_size={config.batch_size} is larger than the training split '
-                     f'({num_train_examples} examples): lower it')
-  return steps
+def data_shards(config: ml_collections.ConfigDict, process_count: int) -> int:
+  """How many disjoint parts the training split is read in (`input.data_shards`; 0: one per process)."""
+  shards = config.input.data_shards or process_count
+  if shards % process_count or config.batch_size % shards:
+    raise ValueError(f'config.input.data_shards={shards} must be a multiple of the {process_count} processes '
+                     f'and divide config.batch_size={config.batch_size}')
+  return shards
 
 
 def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1) -> tuple[Iterator[dict[str, np.ndarray]], int]:
   """This host's training batches from `start_step` on, forever, and the steps per epoch.
 
+  The split is read as `K = data_shards` disjoint parts, each its own seeded stream; global batch `t`
+  is the concatenation of batch `t` of every part, and a host reads and concatenates its `K / hosts`
+  consecutive parts. So the global batches depend on (seed, step, K) only, not on the number of hosts.
+
   Yields:
     `{'image': float32 [b, S, S, C], 'label': int32 [b]}` with `b = batch_size / process_count`.
   """
   check_input_config(config)
-  split = load_split(config, config.dataset.train_split, process_index, process_count)
-  spe = steps_per_epoch(config, split.num_examples, process_count)
-  host_batch = config.batch_size // process_count
-  ds = split.dataset.cache() if config.input.cache else split.dataset
+  num_shards = data_shards(config, process_count)
+  shard_batch = config.batch_size // num_shards
+  per_host = num_shards // process_count
+  streams, spe = [], None
+  for shard in range(process_index * per_host, (process_index + 1) * per_host):
+    split = load_split(config, config.dataset.train_split, shard, num_shards)
+    # every part holds at least floor(n / K) examples: the same steps per epoch for all of them
+    spe = (split.num_examples // num_shards) // shard_batch
+    if spe < 1:
+      raise ValueError(f'config.batch_size={config.batch_size} is larger than the training split '
+                       f'({split.num_examples} examples, read in {num_shards} parts): lower it')
+    streams.append(_shard_stream(config, split.dataset, shard, spe, shard_batch, start_step))
+  out = tf.data.Dataset.zip(tuple(streams)).map(
+      lambda *parts: {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]})
+  return iter(tfds.as_numpy(out.prefetch(tf.data.AUTOTUNE))), spe
+
+
+def _shard_stream(config: ml_collections.ConfigDict, ds: tf.data.Dataset, shard: int, spe: int,
+                  batch: int, start_step: int) -> tf.data.Dataset:
+  """Batches of one part of the split from `start_step` on: a seeded shuffle per epoch, seeded crops."""
+  ds = ds.cache() if config.input.cache else ds
   start_epoch, skip_steps = divmod(start_step, spe)
+  base_seed = (config.seed * 1_000_003 + shard) * 1_000_003
 
   def epoch(e: tf.Tensor) -> tf.data.Dataset:
-    shuffled = ds.shuffle(config.input.shuffle_buffer, seed=config.seed * 1_000_003 + e,
-                          reshuffle_each_iteration=False)
-    examples = shuffled.take(spe * host_batch).enumerate()
-    examples = examples.skip(tf.where(e == start_epoch, tf.constant(skip_steps * host_batch, tf.int64), 0))
-    seed_of = lambda i: tf.stack([tf.cast(config.seed, tf.int64) * 1_000_003 + e, i])
+    shuffled = ds.shuffle(config.input.shuffle_buffer, seed=base_seed + e, reshuffle_each_iteration=False)
+    examples = shuffled.take(spe * batch).enumerate()
+    examples = examples.skip(tf.where(e == start_epoch, tf.constant(skip_steps * batch, tf.int64), 0))
     return examples.map(
-        lambda i, ex: {'image': preprocess_train(ex['image'], seed_of(i), config),
+        lambda i, ex: {'image': preprocess_train(ex['image'], tf.stack([base_seed + e, i]), config),
                        'label': tf.cast(ex['label'], tf.int32)},
         num_parallel_calls=tf.data.AUTOTUNE)
 
-  out = tf.data.Dataset.range(start_epoch, 2 ** 62).flat_map(epoch)
-  out = out.batch(host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return iter(tfds.as_numpy(out)), spe
+  return tf.data.Dataset.range(start_epoch, 2 ** 40).flat_map(epoch).batch(batch, drop_remainder=True)
 
 
 def eval_batches(config: ml_collections.ConfigDict, split_name: str | None = None, process_index: int = 0,

@@ -53,8 +53,13 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: Batch, *, model: models.ConvNet, tx: optax.GradientTransformation,
-               dropout_key: jax.Array, filter_rms_radius: float) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on `batch` (`image` `[B, S, S, C]`, `label` `[B]`); returns metrics as batch means."""
+               dropout_key: jax.Array, filter_rms_radius: float,
+               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step on `batch` (`image` `[B, S, S, C]`, `label` `[B]`); returns metrics as batch means.
+
+  With `skip_nonfinite`, a batch whose loss or gradients are not finite leaves the parameters and
+  optimiser state as they were (the step still counts); its metrics are zero and `skipped` is 1.
+  """
   rng = jax.random.fold_in(dropout_key, state.step)
 
   def loss_fn(params):
@@ -68,6 +73,12 @@ def train_step(state: TrainState, batch: Batch, *, model: models.ConvNet, tx: op
     params = optim.renormalize_filters(params, filter_rms_radius)
   metrics = {'loss': loss, 'top1': jnp.mean(topk_correct(logits, batch['label'], 1)),
              'top5': jnp.mean(topk_correct(logits, batch['label'], 5))}
+  if skip_nonfinite:
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
+    metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
@@ -87,7 +98,7 @@ def create_state(model: models.ConvNet, tx: optax.GradientTransformation, rng: j
 
 
 def jit_steps(mesh: Mesh, model: models.ConvNet, tx: optax.GradientTransformation, seed: int,
-              filter_rms_radius: float) -> tuple[Callable, Callable, Callable]:
+              filter_rms_radius: float, skip_nonfinite: bool = False) -> tuple[Callable, Callable, Callable]:
   """`(init, train, eval)` jitted with explicit shardings; `train` donates the state it is given.
 
   `init(rng) -> state` (replicated); `train(state, batch) -> (state, metrics)`;
@@ -97,7 +108,7 @@ def jit_steps(mesh: Mesh, model: models.ConvNet, tx: optax.GradientTransformatio
   init = jax.jit(functools.partial(create_state, model, tx), out_shardings=replicated)
   train = jax.jit(
       functools.partial(train_step, model=model, tx=tx, dropout_key=jax.random.key(seed),
-                        filter_rms_radius=filter_rms_radius),
+                        filter_rms_radius=filter_rms_radius, skip_nonfinite=skip_nonfinite),
       in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, model=model), in_shardings=(replicated, data),
                      out_shardings=replicated)

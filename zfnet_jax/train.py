@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import time
+import signal
+import tempfile
+import threading
 
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from zfnet_jax import checkpointing, config_lib, input_pipeline, metric_writer, models, optim, steps
 
@@ -51,26 +53,66 @@ def evaluate(eval_fn, params, config: ml_collections.ConfigDict, mesh, split: st
   return {**{k: v / count for k, v in sums.items()}, 'num_examples': count}
 
 
+def check_workdir(workdir: str) -> None:
+  """Creates `workdir` and fails early, with what to do, if it cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise PermissionError(f'cannot write to --workdir {workdir} ({e.strerror}): choose a writable directory '
+                          f'or fix its permissions') from None
+
+
+class PreemptionWatch:
+  """Turns SIGTERM (what a TPU VM preemption sends) into a flag that all processes agree on at a step."""
+
+  def __init__(self):
+    self._signalled = False
+    self._previous = None
+
+  def __enter__(self) -> 'PreemptionWatch':
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    self._signalled = True
+
+  def stop_now(self) -> bool:
+    """True on every process once any process got SIGTERM (a collective when there are many)."""
+    if jax.process_count() == 1:
+      return self._signalled
+    return bool(np.any(multihost_utils.process_allgather(np.int32(self._signalled))))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the final eval metrics."""
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
+
+  Returns:
+    The final evaluation metrics (`loss`, `top1`, `top5`, `num_examples`), or `{}` if SIGTERM stopped
+    the run early (after saving a checkpoint to resume from).
+  """
   input_pipeline.hide_accelerators_from_tf()
   check_config(config)
   model = models.create_model(config)
   arch = model.arch
-  os.makedirs(workdir, exist_ok=True)
+  check_workdir(workdir)
   mesh = steps.make_mesh()
   n_proc, proc = jax.process_count(), jax.process_index()
 
-  train_iter_start = 0
   mngr = checkpointing.manager(workdir, config.keep_checkpoints)
   latest = mngr.latest_step()
-  if latest is not None:
-    train_iter_start = latest
-  batches, steps_per_epoch = input_pipeline.train_batches(config, train_iter_start, proc, n_proc)
-  num_steps = int(math.ceil(config.num_epochs * steps_per_epoch))
+  batches, steps_per_epoch = input_pipeline.train_batches(config, latest or 0, proc, n_proc)
+  num_steps = config.num_train_steps if config.num_train_steps > 0 else math.ceil(config.num_epochs * steps_per_epoch)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, num_steps)
   tx = optim.create_optimizer(config.optim, schedule)
-  init_fn, train_fn, eval_fn = steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius)
+  init_fn, train_fn, eval_fn = steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius,
+                                               config.skip_nonfinite_steps)
 
   state = init_fn(jax.random.key(config.seed))
   writer = metric_writer.MetricWriter(workdir, enabled=proc == 0)
@@ -80,50 +122,76 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log(f'Resuming from the checkpoint at step {latest}/{num_steps} in {mngr.directory}')
   else:
     log(f'Training {models.count_params(state.params):,} parameters from scratch: {num_steps} steps '
-        f'({config.num_epochs} epochs of {steps_per_epoch}), global batch {config.batch_size} on '
+        f'({num_steps / steps_per_epoch:.3g} epochs of {steps_per_epoch}), global batch {config.batch_size} on '
         f'{jax.device_count()} device(s), {n_proc} process(es). Logs: {workdir}')
 
+  def run_eval(step: int, record: bool) -> dict[str, float]:
+    results = evaluate(eval_fn, state.params, config, mesh)
+    if record:
+      writer.write(step, 'eval', results)
+    log(f'eval at step {step}: loss {results["loss"]:.4f} top1 {results["top1"]:.4f} '
+        f'top5 {results["top5"]:.4f} ({int(results["num_examples"])} examples)')
+    return results
+
   step = int(state.step)
+  results = {}
+  if step >= num_steps:
+    log(f'Training already finished at step {step}; evaluating the final checkpoint.')
+    results = run_eval(step, record=False)
   progress = metric_writer.Progress(num_steps, step, config.batch_size)
   eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
   sums, n_sums = None, 0
-  while step < num_steps:
-    batch = steps.global_batch(mesh, next(batches))
-    state, metrics = train_fn(state, batch)
-    step += 1
-    sums = metrics if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, metrics)
-    n_sums += 1
-    last = step == num_steps
-    save_now = step % config.checkpoint_every_steps == 0 or last
-    if step % config.log_every_steps == 0 or save_now:
-      means = {k: float(v) / n_sums for k, v in sums.items()}
-      if not all(np.isfinite(list(means.values()))):
-        raise FloatingPointError(
-            f'non-finite training loss between steps {step - n_sums + 1} and {step} ({means}); '
-            f'the last good checkpoint (step {mngr.latest_step()}) in {mngr.directory} is kept. Lower '
-            f'config.optim.learning_rate or check the input data.')
-      means['learning_rate'] = float(schedule(step - 1))
-      writer.write(step, 'train', means)
-      images_per_s, eta = progress.report(step)
-      log(f'step {step}/{num_steps} (epoch {step / steps_per_epoch:.1f}) loss {means["loss"]:.4f} '
-          f'top1 {means["top1"]:.3f} | {images_per_s:,.0f} img/s | {eta}')
-      sums, n_sums = None, 0
-    if save_now:
-      checkpointing.save(mngr, step, state, arch)
-    if step % eval_every == 0 or last:
-      results = evaluate(eval_fn, state.params, config, mesh)
-      writer.write(step, 'eval', results)
-      log(f'eval at step {step}: loss {results["loss"]:.4f} top1 {results["top1"]:.4f} '
-          f'top5 {results["top5"]:.4f} ({int(results["num_examples"])} examples)')
-      progress.restart(step)  # keep eval time out of the throughput figure
-  if latest is not None and latest >= num_steps:
-    log(f'Training already finished at step {latest}; evaluating the final checkpoint.')
-    results = evaluate(eval_fn, state.params, config, mesh)
-    log(f'eval at step {step}: loss {results["loss"]:.4f} top1 {results["top1"]:.4f} '
-        f'top5 {results["top5"]:.4f} ({int(results["num_examples"])} examples)')
-  mngr.wait_until_finished()
-  mngr.close()
-  return results
+  try:
+    with PreemptionWatch() as preemption:
+      while step < num_steps:
+        state, metrics = train_fn(state, steps.global_batch(mesh, next(batches)))
+        step += 1
+        sums = metrics if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, metrics)
+        n_sums += 1
+        preempted = preemption.stop_now()
+        save_now = step % config.checkpoint_every_steps == 0 or step == num_steps or preempted
+        if step % config.log_every_steps == 0 or save_now:
+          log_train_metrics(writer, progress, step, num_steps, steps_per_epoch, sums, n_sums,
+                            float(schedule(step - 1)), mngr)
+          sums, n_sums = None, 0
+        if save_now:
+          checkpointing.save(mngr, step, state, arch)
+        if preempted:
+          mngr.wait_until_finished()
+          log(f'SIGTERM: saved a checkpoint at step {step}/{num_steps} and stopped. Run the same command '
+              f'again to resume.')
+          break
+        if step % eval_every == 0 or step == num_steps:
+          results = run_eval(step, record=True)
+          progress.restart(step)  # keep eval time out of the throughput figure
+  finally:  # also on errors: let the last good checkpoint finish writing
+    mngr.wait_until_finished()
+    mngr.close()
+  return results if step == num_steps else {}
+
+
+def log_train_metrics(writer: metric_writer.MetricWriter, progress: metric_writer.Progress, step: int,
+                      num_steps: int, steps_per_epoch: int, sums: dict, n_sums: int, learning_rate: float,
+                      mngr) -> None:
+  """Writes the mean train metrics since the last call; stops the run if any step's loss was not finite."""
+  sums = {k: float(v) for k, v in sums.items()}
+  skipped = sums.pop('skipped', 0.0)
+  n_good = max(n_sums - skipped, 1)
+  means = {k: v / n_good for k, v in sums.items()}
+  if not all(np.isfinite(list(means.values()))):
+    raise FloatingPointError(
+        f'non-finite training loss between steps {step - n_sums + 1} and {step}; nothing was saved after '
+        f'it and the last good checkpoint (step {mngr.latest_step()}) in {mngr.directory} is kept. Lower '
+        f'config.optim.learning_rate, check the input data, or set --config.skip_nonfinite_steps=True '
+        f'to skip such batches.')
+  means['learning_rate'] = learning_rate
+  if skipped:
+    means['skipped_steps'] = skipped
+  writer.write(step, 'train', means)
+  images_per_s, eta = progress.report(step)
+  log(f'step {step}/{num_steps} (epoch {step / steps_per_epoch:.1f}) loss {means["loss"]:.4f} '
+      f'top1 {means["top1"]:.3f} | {images_per_s:,.0f} img/s | {eta}'
+      + (f' | {int(skipped)} non-finite batch(es) skipped' if skipped else ''))
 
 
 def main(argv: list[str]) -> None:
@@ -132,6 +200,7 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)  # tfds and Orbax log every file they touch at INFO
   FLAGS = flags.FLAGS
   if FLAGS.coordinator_address:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # for CPU processes standing in for hosts
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   elif FLAGS.distributed:
     jax.distributed.initialize()

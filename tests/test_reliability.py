@@ -1,0 +1,187 @@
+"""Many hosts compute what one does; killed runs resume exactly; bad input fails clearly.
+
+Hosts are real JAX processes on this machine (gloo collectives), launched through the real CLI.
+Every run uses a constant learning rate, so a run extended by more steps continues the same
+trajectory, and 4 devices in all with `input.data_shards=2`, so the global batches are identical
+however many processes read them.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO, config_path, digits_config
+from zfnet_jax import checkpointing, input_pipeline, steps
+
+K = 6  # steps per leg; runs go to K and 2K
+
+
+@pytest.fixture(scope='module')
+def compile_cache(tmp_path_factory):
+  """A persistent XLA cache shared by the launches: each program compiles once, not once per launch."""
+  return str(tmp_path_factory.mktemp('xla_cache'))
+
+
+def launch(workdir, tfds_dir, num_steps, cache, processes=1, devices=4, wait=True):
+  """Starts `python -m zfnet_jax.train` as `processes` processes with `devices / processes` CPU devices each."""
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices // processes}',
+         'TF_CPP_MIN_LOG_LEVEL': '2', 'JAX_COMPILATION_CACHE_DIR': cache,
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', 'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+  args = [sys.executable, '-m', 'zfnet_jax.train', '--config', config_path('digits'), '--workdir', str(workdir),
+          f'--config.dataset.data_dir={tfds_dir}', f'--config.num_train_steps={num_steps}',
+          '--config.batch_size=16', '--config.input.data_shards=2', '--config.optim.schedule=constant',
+          '--config.optim.warmup_epochs=0', '--config.checkpoint_every_steps=2', '--config.keep_checkpoints=20',
+          '--config.log_every_steps=1', '--config.eval_every_epochs=100']
+  if processes > 1:
+    with socket.socket() as s:
+      s.bind(('localhost', 0))
+      port = s.getsockname()[1]
+    args += [f'--coordinator_address=localhost:{port}', f'--num_processes={processes}']
+  procs = [subprocess.Popen(args + ([f'--process_id={i}'] if processes > 1 else []), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(processes)]
+  if not wait:
+    return procs[0]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  return outs[0]
+
+
+def params_at(tfds_dir, workdir, step):
+  config = digits_config(tfds_dir, batch_size=16)
+  return jax.tree_util.tree_map(np.asarray, checkpointing.load_params(config, str(workdir), step)[1])
+
+
+def assert_trees(a, b, exact):
+  check = np.testing.assert_array_equal if exact else (
+      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6))
+  jax.tree_util.tree_map(check, a, b)
+
+
+@pytest.fixture(scope='module')
+def reference(tfds_dir, tmp_path_factory, compile_cache):
+  """One process, 4 devices, 2K steps uninterrupted, a checkpoint every 2 steps."""
+  workdir = tmp_path_factory.mktemp('reference')
+  launch(workdir, tfds_dir, 2 * K, compile_cache)
+  return workdir
+
+
+def test_two_hosts_equal_one_and_checkpoints_move_between_them(tfds_dir, reference, tmp_path, compile_cache):
+  # 2 processes x 2 devices for K steps == 1 process x 4 devices
+  multi = tmp_path / 'multi'
+  launch(multi, tfds_dir, K, compile_cache, processes=2)
+  assert_trees(params_at(tfds_dir, multi, K), params_at(tfds_dir, reference, K), exact=False)
+  # the multi-host checkpoint resumes in a single-host run ...
+  out = launch(multi, tfds_dir, 2 * K, compile_cache)
+  assert f'Resuming from the checkpoint at step {K}' in out
+  assert_trees(params_at(tfds_dir, multi, 2 * K), params_at(tfds_dir, reference, 2 * K), exact=False)
+  # ... and a single-host checkpoint in a multi-host run
+  single = tmp_path / 'single'
+  shutil.copytree(reference / 'checkpoints' / str(K), single / 'checkpoints' / str(K))
+  launch(single, tfds_dir, 2 * K, compile_cache, processes=2)
+  assert_trees(params_at(tfds_dir, single, 2 * K), params_at(tfds_dir, reference, 2 * K), exact=False)
+
+
+def test_hosts_read_disjoint_parts_that_cover_the_split(tfds_dir):
+  config = digits_config(tfds_dir)
+  whole = input_pipeline.load_split(config, 'train').dataset
+  key = lambda ex: ex['image'].tobytes() + bytes([int(ex['label'])])
+  everything = sorted(key(ex) for ex in whole.as_numpy_iterator())
+  parts = [[key(ex) for ex in input_pipeline.load_split(config, 'train', i, 3).dataset.as_numpy_iterator()]
+           for i in range(3)]
+  assert sum(map(len, parts)) == len(everything) == 1437
+  assert sorted(sum(parts, [])) == everything
+  # the batches of one host are built only from its own parts
+  host0, _ = input_pipeline.train_batches(digits_config(tfds_dir, batch_size=16, input__data_shards=4), 0, 0, 2)
+  assert next(host0)['image'].shape[0] == 8
+
+
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_uninterrupted_result(tfds_dir, reference, tmp_path, compile_cache, sig):
+  proc = launch(tmp_path, tfds_dir, 2 * K, compile_cache, wait=False)
+  ckpts = tmp_path / 'checkpoints'
+  deadline = time.time() + 240
+  while not (ckpts.exists() and any(d.isdigit() and int(d) >= 2 for d in os.listdir(ckpts))):
+    assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+    time.sleep(0.05)
+  proc.send_signal(sig)
+  out = proc.communicate(timeout=120)[0]
+  if sig == signal.SIGTERM:
+    assert proc.returncode == 0, out[-3000:]
+    assert 'SIGTERM: saved a checkpoint at step' in out
+  stopped_at = checkpointing.manager(str(tmp_path)).latest_step()
+  assert stopped_at is not None and stopped_at < 2 * K, out[-2000:]
+  out = launch(tmp_path, tfds_dir, 2 * K, compile_cache)
+  assert f'Resuming from the checkpoint at step {stopped_at}' in out
+  # same data, same random numbers, same program: bit-exact
+  assert_trees(params_at(tfds_dir, tmp_path, 2 * K), params_at(tfds_dir, reference, 2 * K), exact=True)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tfds_dir, tmp_path):
+  from zfnet_jax import train
+  config = digits_config(tfds_dir, num_train_steps=8, checkpoint_every_steps=2, log_every_steps=2,
+                         optim__learning_rate=1e12, optim__filter_rms_radius=0.0)
+  with pytest.raises(FloatingPointError, match=r'non-finite training loss between steps \d+ and \d+') as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  good = checkpointing.manager(str(tmp_path)).latest_step()
+  assert f'last good checkpoint (step {good})' in str(e.value)
+  if good is not None:
+    params = params_at(tfds_dir, tmp_path, good)
+    assert all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params))
+
+
+def test_skip_nonfinite_leaves_the_state_unchanged(tfds_dir):
+  from test_train import make_steps
+  config = digits_config(tfds_dir, batch_size=16, skip_nonfinite_steps=True)
+  _, mesh, (init, skip_step, _) = make_steps(config)
+  batch = next(input_pipeline.train_batches(config)[0])
+  batch['image'][0, 0, 0, 0] = np.nan
+  state = init(jax.random.key(0))
+  before = jax.tree_util.tree_map(np.asarray, state.params)
+  state, metrics = skip_step(state, steps.global_batch(mesh, batch))
+  assert float(metrics['skipped']) == 1.0 and float(metrics['loss']) == 0.0 and int(state.step) == 1
+  assert_trees(jax.tree_util.tree_map(np.asarray, state.params), before, exact=True)
+
+
+def test_bad_inputs_fail_clearly(tfds_dir, tmp_path):
+  from zfnet_jax import train
+  with pytest.raises(ValueError, match='batch_size=12 must be a positive multiple of the 8 devices'):
+    train.train_and_evaluate(digits_config(tfds_dir, batch_size=12), str(tmp_path / 'a'))
+  with pytest.raises(ValueError, match='crops are larger than the 72px resized images'):
+    train.train_and_evaluate(digits_config(tfds_dir, model__image_size=80), str(tmp_path / 'b'))
+  locked = tmp_path / 'locked'
+  locked.mkdir()
+  locked.chmod(0o500)
+  if os.access(locked, os.W_OK):  # root ignores permissions: use a path under a file instead
+    locked = tmp_path / 'a_file'
+    locked.write_text('')
+    locked = locked / 'workdir'
+  with pytest.raises(PermissionError, match='cannot write to --workdir'):
+    train.train_and_evaluate(digits_config(tfds_dir), str(locked))
+
+
+def test_corrupt_image_in_a_folder_dataset_is_named(tmp_path):
+  from PIL import Image
+  from zfnet_jax import config_lib
+  for split in ('train', 'test'):
+    for label in ('a', 'b'):
+      (tmp_path / split / label).mkdir(parents=True)
+      for i in range(3):
+        Image.fromarray(np.full((10, 12, 3), i * 40, np.uint8)).save(tmp_path / split / label / f'{i}.png')
+  bad = tmp_path / 'test' / 'b' / 'broken.png'
+  bad.write_bytes(b'not an image at all')
+  config = config_lib.load(config_path('digits'), {'dataset.name': f'folder:{tmp_path}', 'model.num_classes': 2,
+                                                   'eval_batch_size': 8})
+  batches, _, n = input_pipeline.eval_batches(config)
+  assert n == 7
+  with pytest.raises(tf.errors.InvalidArgumentError, match=f'corrupt or unreadable image file {bad}'):
+    list(batches)
