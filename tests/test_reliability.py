@@ -185,3 +185,17 @@ def test_corrupt_image_in_a_folder_dataset_is_named(tmp_path):
   assert n == 7
   with pytest.raises(tf.errors.InvalidArgumentError, match=f'corrupt or unreadable image file {bad}'):
     list(batches)
+
+
+def test_tpu_vm_launcher_dry_run_prints_the_commands():
+  run = lambda *a: subprocess.run([sys.executable, 'scripts/tpu_vm.py', *a, '--name', 'zf', '--zone', 'z1',
+                                   '--dry-run'], cwd=REPO, capture_output=True, text=True, check=True).stdout
+  assert run('create', '--accelerator', 'v4-32', '--preemptible').strip() == (
+      'gcloud compute tpus tpu-vm create zf --zone=z1 --accelerator-type=v4-32 --version=tpu-ubuntu2204-base '
+      '--preemptible')
+  lines = run('run', '--', '--config', 'configs/default.py', '--workdir', '/mnt/w').strip().splitlines()
+  assert lines == ["gcloud compute tpus tpu-vm ssh zf --zone=z1 --worker=all --command 'cd zfnet_jax && nohup "
+                   ".venv/bin/python -m zfnet_jax.train --config configs/default.py --workdir /mnt/w --distributed "
+                   "> ~/zfnet_train.log 2>&1 &'"]
+  copy = run('copy')
+  assert 'git -C' in copy and 'archive' in copy and '--worker=all' in copy and 'jax[tpu]==0.10.2' in copy
