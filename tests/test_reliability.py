@@ -188,8 +188,8 @@ def test_corrupt_image_in_a_folder_dataset_is_named(tmp_path):
 
 
 def test_tpu_vm_launcher_dry_run_prints_the_commands():
-  run = lambda *a: subprocess.run([sys.executable, 'scripts/tpu_vm.py', *a, '--name', 'zf', '--zone', 'z1',
-                                   '--dry-run'], cwd=REPO, capture_output=True, text=True, check=True).stdout
+  run = lambda *a: subprocess.run([sys.executable, 'scripts/tpu_vm.py', '--name', 'zf', '--zone', 'z1', '--dry-run',
+                                   *a], cwd=REPO, capture_output=True, text=True, check=True).stdout
   assert run('create', '--accelerator', 'v4-32', '--preemptible').strip() == (
       'gcloud compute tpus tpu-vm create zf --zone=z1 --accelerator-type=v4-32 --version=tpu-ubuntu2204-base '
       '--preemptible')
