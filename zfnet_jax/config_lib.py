@@ -50,6 +50,8 @@ def base() -> ml_collections.ConfigDict:
   d.manual_dir = config_dict.placeholder(str)  # where ILSVRC2012_img_{train,val}.tar lie
   d.train_split = 'train'
   d.eval_split = 'validation'
+  d.classes = ()  # a subset of the dataset's labels, e.g. (0, 1, 2, 3, 4), relabelled 0..len-1 in this
+  #                 order (set model.num_classes to match); () keeps every class
 
   c.input = i = ml_collections.ConfigDict()
   i.resize_size = 256  # short side resized to this, then centre-cropped square (paper: 256)

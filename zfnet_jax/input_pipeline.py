@@ -83,30 +83,65 @@ def _imagenet_missing_message(builder: tfds.core.DatasetBuilder, manual_dir: str
 
 
 def load_split(config: ml_collections.ConfigDict, split: str, shard_index: int = 0, num_shards: int = 1) -> Split:
-  """Part `shard_index` of `num_shards` disjoint parts of `split`, decoded, in a fixed order."""
+  """Part `shard_index` of `num_shards` disjoint parts of `split`, decoded, in a fixed order.
+
+  With `config.dataset.classes`, only those classes' examples, relabelled 0..len(classes)-1; the
+  subset is taken from the whole split before it is sharded, so the parts stay even.
+  """
   builder = get_builder(config.dataset)
   known_splits = builder.info.splits  # empty under tfds.testing.mock_data
   if known_splits and split not in known_splits:
     raise ValueError(f'dataset {config.dataset.name!r} has no split {split!r}; it has '
                      f'{", ".join(builder.info.splits.keys())} (set config.dataset.train_split / eval_split)')
-  num_classes = builder.info.features['label'].num_classes
-  if num_classes != config.model.num_classes:
-    raise ValueError(f'dataset {config.dataset.name!r} has {num_classes} classes but config.model.num_classes is '
-                     f'{config.model.num_classes}: set --config.model.num_classes={num_classes}')
+  classes = tuple(config.dataset.classes)
+  dataset_classes = builder.info.features['label'].num_classes
+  num_classes = check_classes(config, dataset_classes)
+  select = lambda ds: select_classes(ds, classes, dataset_classes)
   read = tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)
+  skip_decoding = {'image': tfds.decode.SkipDecoding()}
   if isinstance(builder, tfds.folder_dataset.ImageFolder):
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
-    ds = ds.shard(num_shards, shard_index).map(
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=skip_decoding)
+    ds = select(ds).shard(num_shards, shard_index).map(
         lambda ex: {'image': _decode_file(ex['image'], ex['image/filename']), 'label': ex['label']})
+  elif classes:
+    ds = select(builder.as_dataset(split=split, shuffle_files=False, read_config=read)).shard(num_shards, shard_index)
   else:
     part = tfds.even_splits(split, n=num_shards, drop_remainder=False)[shard_index]
     ds = builder.as_dataset(split=part, shuffle_files=False, read_config=read)
-  if split in known_splits:
+  if classes:  # count the subset's labels without decoding images
+    labels = builder.as_dataset(split=split, shuffle_files=False, decoders=skip_decoding)
+    num_examples = int(select(labels).reduce(0, lambda n, _: n + 1))
+  elif split in known_splits:
     num_examples = known_splits[split].num_examples
   else:
     num_examples = int(builder.as_dataset(split=split).reduce(0, lambda n, _: n + 1))
   ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
   return Split(ds, num_examples, num_classes)
+
+
+def check_classes(config: ml_collections.ConfigDict, dataset_classes: int) -> int:
+  """The number of classes the network sees (`dataset.classes` or all); errors say which field to set."""
+  classes, name = tuple(config.dataset.classes), config.dataset.name
+  if classes and (len(set(classes)) != len(classes) or not all(0 <= c < dataset_classes for c in classes)):
+    raise ValueError(f'config.dataset.classes={classes} must be distinct labels of {name!r}, which has '
+                     f'labels 0..{dataset_classes - 1}')
+  num_classes = len(classes) or dataset_classes
+  if num_classes != config.model.num_classes:
+    chosen = f'config.dataset.classes selects {num_classes} classes' if classes else f'has {num_classes} classes'
+    raise ValueError(f'dataset {name!r} {chosen} but config.model.num_classes is {config.model.num_classes}: '
+                     f'set --config.model.num_classes={num_classes}')
+  return num_classes
+
+
+def select_classes(ds: tf.data.Dataset, classes: tuple[int, ...], dataset_classes: int) -> tf.data.Dataset:
+  """Keeps the examples whose label is in `classes`, relabelled to its position there; `()` keeps all."""
+  if not classes:
+    return ds
+  new_label = np.full(dataset_classes, -1, np.int64)
+  new_label[list(classes)] = np.arange(len(classes))
+  new_label = tf.constant(new_label)
+  relabelled = ds.map(lambda ex: {**ex, 'label': tf.gather(new_label, ex['label'])})
+  return relabelled.filter(lambda ex: ex['label'] >= 0)
 
 
 def _decode_file(encoded: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
