@@ -132,8 +132,9 @@ class ConvNet(nn.Module):
 
   Layer outputs (after ReLU, pooling and normalisation; for fc layers after ReLU) are sown into the
   `intermediates` collection as `layer1`..`layer7` when it is mutable; with `record=True` the
-  max-pool switches are sown into `switches` (for the deconvnet) and the pre-pool maps into
-  `intermediates` as `conv{n}_prepool`.
+  max-pool switches are sown into `switches` as `pool{n}` (for the deconvnet; not `conv{n}`, which
+  would clash with the conv submodule's scope) and the pre-pool maps into `intermediates` as
+  `conv{n}_prepool`.
   """
   arch: Architecture
   dtype: Any = jnp.float32
@@ -155,7 +156,7 @@ class ConvNet(nn.Module):
         if record:
           self.sow('intermediates', f'{c.name}_prepool', x)
           x, switches = layers.max_pool_with_switches(x, a.pool_window, a.pool_stride, a.pool_ceil)
-          self.sow('switches', c.name, switches)
+          self.sow('switches', f'pool{c.layer}', switches)
         else:
           x = layers.max_pool(x, a.pool_window, a.pool_stride, a.pool_ceil)
       if c.lrn and a.lrn_position == 'after_pool':

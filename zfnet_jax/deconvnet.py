@@ -1,0 +1,231 @@
+"""The deconvnet (Zeiler & Fergus, Section 2.1): project single activations down to pixel space.
+
+`record` runs the network once on a batch of images and keeps what the way down needs: every layer's
+output and the max-pool switches. `project` then sends seeds (one activation each, every other
+activation of its layer zero) down to the image, per stage **unpool -> rectify -> filter**:
+- unpool: each value goes back to the position its switch recorded, everything else zero;
+- rectify: ReLU of the reconstructed signal;
+- filter: the transposed conv with the same ("tied") kernels, flipped vertically and horizontally with
+  input and output channels swapped; no biases.
+Contrast normalisation (LRN) is treated as the identity on the way down: the paper does not say how it
+is handled, and it only rescales each position's values by a positive factor of the forward pass.
+
+Speed: a seed only reaches its receptive field, so each seed is computed on a static-size window of
+every map (`receptive_field.window_below`), placed by `lax.dynamic_slice`, and seeds are vmapped in
+chunks sharing one recorded forward pass. `project_by_vjp` is the independent cross-check: the
+gradient of the seed's activation with every ReLU's backward replaced by ReLU(upstream gradient),
+max-pool's backward routed to the argmax and LRN's backward the identity. The tests hold the two equal.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from zfnet_jax import layers, models, receptive_field
+from zfnet_jax.receptive_field import Step
+
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
+
+
+class Recording(NamedTuple):
+  """One forward pass, kept for the way down."""
+  logits: jax.Array  # [B, num_classes]
+  layers: dict[str, jax.Array]  # 'layer1'..'layer5': [B, H, W, C]; 'layer6', 'layer7': [B, F]
+  switches: dict[str, jax.Array]  # 'pool1', 'pool2', 'pool5' (pooled layers): int32 [B, Ho, Wo, C]
+
+
+class Seeds(NamedTuple):
+  """Activations to project, one per entry; every field is `[S]`."""
+  image: jax.Array  # int32 index into the recorded batch
+  channel: jax.Array  # int32 feature map
+  y: jax.Array  # int32 row in the layer's output map
+  x: jax.Array  # int32 column
+  value: jax.Array  # float32 activation sent down (the recorded one, usually)
+
+
+class Projection(NamedTuple):
+  """Projections cropped to a static-size window of the image that holds each seed's receptive field."""
+  patches: jax.Array  # [S, R, R, C_in]; R = min(nominal receptive field, image size)
+  top: jax.Array  # int32 [S]: the window is image rows [top, top + R)
+  left: jax.Array  # int32 [S]
+
+
+def record(model: models.ConvNet, params: Any, images: jax.Array) -> Recording:
+  """Runs `model` on `[B, H, W, C]` images, keeping every layer's output and the switches."""
+  logits, state = model.apply({'params': params}, images, record=True, mutable=['intermediates', 'switches'])
+  outputs = {k: v[0] for k, v in state['intermediates'].items() if k.startswith('layer')}
+  return Recording(logits, outputs, {k: v[0] for k, v in state['switches'].items()})
+
+
+def strongest(recording: Recording, layer: int, image: int = 0) -> Seeds:
+  """One seed per feature map of `layer`: its strongest activation in image `image` of the recording."""
+  act = recording.layers[f'layer{layer}'][image]  # [H, W, C]
+  h, w, c = act.shape
+  flat = jnp.argmax(act.reshape(h * w, c), axis=0)
+  y, x = (flat // w).astype(jnp.int32), (flat % w).astype(jnp.int32)
+  channel = jnp.arange(c, dtype=jnp.int32)
+  return Seeds(jnp.full((c,), image, jnp.int32), channel, y, x, act[y, x, channel])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Move:
+  """One step of a seed's way down: window sizes on both maps, and the zeros that make slicing safe."""
+  step: Step
+  upper: int  # window rows on the map above
+  lower: int  # window rows on the map below
+  pad: tuple[int, int]  # zeros around the step's local result before the lower window is sliced from it
+
+
+@functools.lru_cache(maxsize=None)
+def _moves(arch: models.Architecture, layer: int) -> tuple[_Move, ...]:
+  """The static plan for seeds of `layer`, worked out for every possible seed position at once."""
+  start, size, moves = np.arange(receptive_field.layer_size(arch, layer)), 1, []
+  for step in receptive_field.steps_down(arch, layer):
+    local, extent = receptive_field.reads(step, start, size)
+    lower, n = receptive_field.clamp(local, extent, step.in_size)
+    pad = (max(0, int(np.max(local - lower))), max(0, int(np.max(lower + n - local - extent))))
+    moves.append(_Move(step, size, n, pad))
+    start, size = lower, n
+  return tuple(moves)
+
+
+def filter_down(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """The deconvnet's filtering: the transposed conv with the flipped, channel-swapped forward kernel.
+
+  Args:
+    x: `[B, n, n, C_out]`, a window of a conv's output.
+    kernel: `[k, k, C_in, C_out]`, the forward (Flax HWIO) kernel.
+  Returns:
+    `[B, (n-1)*stride + k, (n-1)*stride + k, C_in]`: every input row the window's outputs read, starting
+    at input row `window_start * stride - padding`.
+  """
+  k = kernel.shape[0]
+  flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)  # [k, k, C_out, C_in]
+  return lax.conv_general_dilated(x, flipped, (1, 1), [(k - 1, k - 1)] * 2, lhs_dilation=(stride, stride),
+                                  dimension_numbers=_DIMS)
+
+
+def _project_seed(arch: models.Architecture, kernels: dict[str, jax.Array], switches: dict[str, jax.Array],
+                  layer: int, seed: Seeds) -> tuple[jax.Array, jax.Array]:
+  """One seed down to its image window: `([R, R, C_in], start [2])`."""
+  channels = {c.layer: c.features for c in arch.convs}[layer]
+  signal = (jax.nn.one_hot(seed.channel, channels) * seed.value)[None, None, None]  # [1, 1, 1, C]
+  start = jnp.stack([seed.y, seed.x]).astype(jnp.int32)
+  for move in _moves(arch, layer):
+    step = move.step
+    if step.kind == 'pool':
+      recorded = switches[f'pool{step.layer}']
+      window = lax.dynamic_slice(recorded, (seed.image, start[0], start[1], 0),
+                                 (1, move.upper, move.upper, recorded.shape[-1]))
+      extent = receptive_field.reads(step, 0, move.upper)[1]
+      local = layers.unpool(signal, window, (extent, extent), step.size, step.stride)
+    else:
+      local = filter_down(jax.nn.relu(signal), kernels[f'conv{step.layer}'], step.stride)
+    local_start = start * step.stride - step.padding
+    lower = jnp.clip(local_start, 0, step.in_size - move.lower)
+    lo, hi = move.pad
+    padded = jnp.pad(local, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+    offset = lower - local_start + lo
+    signal = lax.dynamic_slice(padded, (0, offset[0], offset[1], 0),
+                               (1, move.lower, move.lower, local.shape[-1]))
+    start = lower
+  return signal[0], start
+
+
+def project_patches(arch: models.Architecture, params: Any, switches: dict[str, jax.Array], layer: int,
+                    seeds: Seeds, chunk: int = 32) -> Projection:
+  """Projects every seed of conv layer `layer` down to pixel space, each cropped to its image window.
+
+  Pure and jittable (`arch`, `layer` and `chunk` static); seeds are vmapped `chunk` at a time.
+
+  Args:
+    switches: `Recording.switches` of the forward pass the seeds come from (`[B, Ho, Wo, C]` each);
+      `seeds.image` indexes its batch.
+    seeds: `[S]` each; `seeds.value` is the activation sent down (its sign matters: the first rectify
+      zeroes a negative seed; positive scalings scale the projection).
+  """
+  kernels = {c.name: params[c.name]['kernel'] for c in arch.convs}
+  one = functools.partial(_project_seed, arch, kernels, switches, layer)
+  patches, starts = lax.map(one, seeds, batch_size=chunk)
+  return Projection(patches, starts[:, 0], starts[:, 1])
+
+
+def paste(projection: Projection, image_size: int) -> jax.Array:
+  """Full-size reconstructions `[S, image_size, image_size, C_in]` from cropped ones (zero outside)."""
+  def one(patch, top, left):
+    canvas = jnp.zeros((image_size, image_size, patch.shape[-1]), patch.dtype)
+    return lax.dynamic_update_slice(canvas, patch, (top, left, 0))
+  return jax.vmap(one)(*projection)
+
+
+def project(arch: models.Architecture, params: Any, switches: dict[str, jax.Array], layer: int, seeds: Seeds,
+            chunk: int = 32) -> jax.Array:
+  """`project_patches` pasted into full-size images: `[S, H, W, C_in]`, input resolution, unnormalised."""
+  return paste(project_patches(arch, params, switches, layer, seeds, chunk), arch.image_size)
+
+
+# The cross-check: the same projection as a vector-Jacobian product with the deconvnet's backward rules.
+
+@jax.custom_vjp
+def _rectify(x: jax.Array) -> jax.Array:
+  """ReLU forward; backward ReLU(upstream gradient), whatever the forward input was."""
+  return jax.nn.relu(x)
+
+
+_rectify.defvjp(lambda x: (jax.nn.relu(x), None), lambda _, g: (jax.nn.relu(g),))
+
+
+def _max_pool_by_gather(x: jax.Array, window: int, stride: int, ceil_mode: bool) -> jax.Array:
+  """Max-pool `[B, H, W, C] -> [B, Ho, Wo, C]` as a gather of each window and a pick of its first argmax.
+
+  Written independently of `layers.max_pool_with_switches` (an index table instead of strided views);
+  its gradient flows only to the picked element, i.e. to the switch.
+  """
+  b, h, w, c = x.shape
+  ho, wo = (layers.pool_output_size(n, window, stride, ceil_mode) for n in (h, w))
+  rows = (np.arange(ho)[:, None] * stride + np.arange(window))[:, None, :, None]  # [Ho, 1, k, 1]
+  cols = (np.arange(wo)[:, None] * stride + np.arange(window))[None, :, None, :]  # [1, Wo, 1, k]
+  index = np.where((rows < h) & (cols < w), rows * w + cols, h * w).reshape(-1)  # h * w: outside the map
+  flat = jnp.concatenate([x.reshape(b, h * w, c), jnp.full((b, 1, c), -jnp.inf, x.dtype)], axis=1)
+  windows = flat[:, index].reshape(b, ho, wo, window * window, c)
+  picked = lax.stop_gradient(jnp.argmax(windows, axis=3))[:, :, :, None]
+  return jnp.take_along_axis(windows, picked, axis=3)[:, :, :, 0]
+
+
+def _lrn_passing_gradients(arch: models.Architecture, x: jax.Array) -> jax.Array:
+  """Local response normalisation forward, identity backward."""
+  normalised = layers.local_response_norm(x, arch.lrn_size, arch.lrn_k, arch.lrn_alpha, arch.lrn_beta)
+  return x + lax.stop_gradient(normalised - x)
+
+
+def forward_with_deconv_rules(arch: models.Architecture, params: Any, images: jax.Array, layer: int) -> jax.Array:
+  """Conv layer `layer`'s output `[B, H, W, C]` for `[B, S, S, C_in]` images, differentiable with the
+  deconvnet's backward rules (same forward values as `models.ConvNet`)."""
+  x = images
+  for c in arch.convs:
+    p = params[c.name]
+    x = lax.conv_general_dilated(x, p['kernel'], (c.stride, c.stride), [(c.padding, c.padding)] * 2,
+                                 dimension_numbers=_DIMS) + p['bias']
+    x = _rectify(x)
+    if c.lrn and arch.lrn_position == 'before_pool':
+      x = _lrn_passing_gradients(arch, x)
+    if c.pool:
+      x = _max_pool_by_gather(x, arch.pool_window, arch.pool_stride, arch.pool_ceil)
+    if c.lrn and arch.lrn_position == 'after_pool':
+      x = _lrn_passing_gradients(arch, x)
+    if c.layer == layer:
+      return x
+  raise ValueError(f'layer {layer} is not a conv layer of this network: {[c.layer for c in arch.convs]}')
+
+
+def project_by_vjp(arch: models.Architecture, params: Any, image: jax.Array, layer: int, channel: int, y: int,
+                   x: int, value: float | jax.Array) -> jax.Array:
+  """The projection of one seed as the vjp of its activation: `[H, W, C_in]` for an `[H, W, C_in]` image."""
+  output, vjp = jax.vjp(lambda v: forward_with_deconv_rules(arch, params, v[None], layer)[0], image)
+  return vjp(jnp.zeros_like(output).at[y, x, channel].set(value))[0]
