@@ -4,7 +4,12 @@ Compile time dominates these tests: fixtures that train are session-scoped and s
 """
 import os
 
-os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+# Collectives between the 8 fake devices wait for all 8 threads; on a loaded 2-core machine that can take
+# longer than XLA's 40 s default before it aborts the process.
+PATIENT_COLLECTIVES = ('--xla_cpu_collective_call_terminate_timeout_seconds=900 '
+                       '--xla_cpu_collective_timeout_seconds=900')
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8 '
+                           + PATIENT_COLLECTIVES)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import pytest  # noqa: E402

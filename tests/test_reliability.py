@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, config_path, digits_config
+from conftest import PATIENT_COLLECTIVES, REPO, config_path, digits_config
 from zfnet_jax import checkpointing, input_pipeline, steps
 
 K = 6  # steps per leg; runs go to K and 2K
@@ -32,7 +32,8 @@ def compile_cache(tmp_path_factory):
 
 def launch(workdir, tfds_dir, num_steps, cache, processes=1, devices=4, wait=True):
   """Starts `python -m zfnet_jax.train` as `processes` processes with `devices / processes` CPU devices each."""
-  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices // processes}',
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices // processes} '
+                                    + PATIENT_COLLECTIVES,
          'TF_CPP_MIN_LOG_LEVEL': '2', 'JAX_COMPILATION_CACHE_DIR': cache,
          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', 'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
   args = [sys.executable, '-m', 'zfnet_jax.train', '--config', config_path('digits'), '--workdir', str(workdir),

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from zfnet_jax import checkpointing, models, optim, steps
+from zfnet_jax import checkpointing, config_lib, models, optim, steps
 
 TORCH_SUFFIXES = ('.pth', '.pt')
 SAFETENSORS_SUFFIX = '.safetensors'
@@ -271,4 +271,4 @@ def _define_flags() -> None:
 if __name__ == '__main__':
   from absl import app
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

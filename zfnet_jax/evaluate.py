@@ -21,10 +21,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from zfnet_jax import checkpointing, input_pipeline, models, steps
+from zfnet_jax import checkpointing, config_lib, input_pipeline, models, steps, train
 
 CROP_MODES = (1, 10)
 
@@ -87,16 +86,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, num_crops: int = 1
   step_fn = jax.jit(functools.partial(eval_step, model=model, num_crops=num_crops),
                     in_shardings=(replicated, data), out_shardings=replicated)
   split = config.dataset.eval_split
-  batches, _, num_examples = input_pipeline.eval_batches(
-      squares_config(config), split, jax.process_index(), jax.process_count())
-  sums = None
-  for batch in batches:
-    out = step_fn(params, steps.global_batch(mesh, batch))
-    sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
-  sums = {k: float(np.asarray(v)) for k, v in sums.items()}
-  if int(sums['count']) != num_examples:
-    raise RuntimeError(f'evaluation counted {int(sums["count"])} examples, the split has {num_examples}')
-  record = {**{k: sums[k] / sums['count'] for k in ('top1', 'top5', 'loss')}, 'num_examples': num_examples,
+  results = train.evaluate(step_fn, params, squares_config(config), mesh, split)
+  record = {**{k: results[k] for k in ('top1', 'top5', 'loss')}, 'num_examples': int(results['num_examples']),
             'crops': num_crops, 'checkpoint_step': step, 'dataset': config.dataset.name, 'split': split}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'eval.json'), 'w') as f:
@@ -130,4 +121,4 @@ def _define_flags() -> None:
 if __name__ == '__main__':
   from absl import app
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

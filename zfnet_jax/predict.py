@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from zfnet_jax import checkpointing, input_pipeline
+from zfnet_jax import checkpointing, config_lib, input_pipeline
 
 TOP_K = 5
 
@@ -108,4 +108,4 @@ def _define_flags() -> None:
 if __name__ == '__main__':
   from absl import app
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)
