@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -76,13 +76,10 @@ def stream_topk(model: models.ConvNet, params: Any, batches: Iterable[dict[str, 
   layer_numbers = tuple(layer_numbers)
   mesh = mesh or steps.make_mesh(jax.local_devices())
   channels = {c.layer: c.features for c in model.arch.convs}
-
-  @jax.jit
-  def update(states, params, images, ids, mask):
-    _, state = model.apply({'params': params}, images, mutable=['intermediates'])
-    return {n: topk_update(states[n], state['intermediates'][f'layer{n}'][0], ids, mask) for n in layer_numbers}
-
-  states, seen = {n: topk_empty(channels[n], k) for n in layer_numbers}, 0
+  update = _jitted_topk_update(model, layer_numbers)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  params = jax.device_put(params, replicated)
+  states, seen = jax.device_put({n: topk_empty(channels[n], k) for n in layer_numbers}, replicated), 0
   for batch in batches:
     size = len(batch['mask'])
     ids = np.arange(seen, seen + size, dtype=np.int32)
@@ -90,6 +87,25 @@ def stream_topk(model: models.ConvNet, params: Any, batches: Iterable[dict[str, 
     states = update(states, params, placed['image'], placed['ids'], placed['mask'])
     seen += size
   return states
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_topk_update(model: models.ConvNet, layer_numbers: tuple[int, ...]) -> Callable:
+  """One compiled step per (model, layers), shared by every pass (and every checkpoint of a run)."""
+  def update(states, params, images, ids, mask):
+    _, state = model.apply({'params': params}, images, mutable=['intermediates'])
+    return {n: topk_update(states[n], state['intermediates'][f'layer{n}'][0], ids, mask) for n in layer_numbers}
+  return jax.jit(update)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_record(model: models.ConvNet) -> Callable:
+  return jax.jit(functools.partial(deconvnet.record, model))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_project(arch: models.Architecture, layer: int, chunk: int) -> Callable:
+  return jax.jit(functools.partial(deconvnet.project_patches, arch, layer=layer, chunk=chunk))
 
 
 class TopKProjections(NamedTuple):
@@ -110,8 +126,8 @@ def project_topk(model: models.ConvNet, params: Any, batches: Iterable[dict[str,
   slots, value -inf, give zero projections).
   """
   arch = model.arch
-  rec = jax.jit(functools.partial(deconvnet.record, model))
-  project = {n: jax.jit(functools.partial(deconvnet.project_patches, arch, layer=n, chunk=chunk)) for n in tops}
+  rec = _jitted_record(model)
+  project = {n: _jitted_project(arch, n, chunk) for n in tops}
   out = {}
   for n, top in tops.items():
     picked = TopK(*(np.asarray(f)[channels[n]] for f in top))
