@@ -279,11 +279,12 @@ def run(source: ml_collections.ConfigDict, workdir: str, target: ml_collections.
   return rows
 
 
-def plot(rows: Sequence[dict[str, Any]], path: str | None = None, title: str = '') -> Figure:
-  """Mean per-class accuracy (%) against layer, one line per classifier (error bars: std over folds);
-  the from-scratch baseline as a dashed line. Returns the figure; saves it to `path` if given."""
-  fig = Figure(figsize=(5.5, 3.5))
-  ax = fig.subplots()
+def plot(rows: Sequence[dict[str, Any]], path: str | None = None, title: str = '', ax: Any = None) -> Figure:
+  """Mean per-class accuracy (%) against layer, one line per classifier (error bars: std over folds); the
+  from-scratch baseline as a dashed line. Draws into `ax` if given (e.g. a notebook's subplot), else into a
+  new figure; saves the figure to `path` if given and returns it."""
+  fig = ax.figure if ax is not None else Figure(figsize=(5.5, 3.5))
+  ax = ax if ax is not None else fig.subplots()
   for classifier in dict.fromkeys(r['classifier'] for r in rows if r['layer'] is not None):
     mine = [r for r in rows if r['classifier'] == classifier]
     ax.errorbar([r['layer'] for r in mine], [100 * r['mean_per_class_accuracy'] for r in mine],
@@ -291,13 +292,13 @@ def plot(rows: Sequence[dict[str, Any]], path: str | None = None, title: str = '
   for r in rows:
     if r['classifier'] == 'scratch':
       ax.axhline(100 * r['mean_per_class_accuracy'], ls='--', color='grey', label='trained from scratch')
-  ax.set_xlabel('layer')
+  ax.set_xlabel('layer (0: input pixels)')
   ax.set_ylabel('mean per-class accuracy (%)')
   if rows:
     ax.set_title(title or f'{rows[0]["per_class"]} training images per class, {rows[0]["folds"]} folds')
   ax.legend(fontsize=8)
-  fig.tight_layout()
   if path:
+    fig.tight_layout()
     fig.savefig(path, dpi=120)
   return fig
 
