@@ -168,6 +168,7 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str, columns: Sequence[str])
 
 def plot(rows: Sequence[dict[str, Any]], path: str | None = None, title: str = '') -> Figure:
   """Top-1 error (%) per variant: each seed a dot, the mean a bar; eval split filled, train split hollow.
+  The error axis is linear up to 1% and logarithmic above.
 
   Returns the figure (a notebook shows it inline); saves it to `path` if given.
   """
@@ -186,6 +187,10 @@ def plot(rows: Sequence[dict[str, Any]], path: str | None = None, title: str = '
     ax.plot([i + 0.2] * len(mine), [100 * (1 - r['train_top1']) for r in mine], 'o', mfc='none',
             color='tab:orange', ms=4)
   ax.set_xticks(x, names, rotation=20, ha='right')
+  ax.set_yscale('symlog', linthresh=1.0)  # linear below 1%, logarithmic above: 0.5% and 90% both readable
+  ticks = [0, 0.5, 1, 2, 5, 10, 20, 50, 100]
+  ax.set_yticks(ticks, [f'{t:g}' for t in ticks])
+  ax.set_ylim(0, 100)
   ax.set_ylabel('top-1 error (%)')
   ax.set_title(title or f'{len(rows)} runs; dots: one seed each')
   ax.legend(fontsize=8)

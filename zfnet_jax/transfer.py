@@ -4,21 +4,24 @@ The paper's protocol (Caltech-101: 15 or 30 training images per class, 5 folds):
 folds, every class gives N training images and the rest of its images, up to a cap, for testing; the
 score is the **mean per-class accuracy** (each class's test accuracy, then their mean), averaged over
 the folds. The features at layer L (1-7) are the network's `layerL` output (after ReLU, pooling and
-normalisation; conv maps flattened; layer 0 is the input pixels, a baseline), standardised on the fold's training images, then:
+normalisation; conv maps flattened); layer 0 is the input pixels, a baseline. They are standardised on
+the fold's training images, then classified by
 - `softmax`: multinomial logistic regression (L2, `C`), the paper's "new softmax classifier";
 - `svm`: a linear SVM (one-vs-rest hinge, `C`), as in Table 7.
 Optionally, the baseline of a network with the same architecture and recipe trained from scratch on the
 same N images per class (written as a folder dataset, trained by `train.train_and_evaluate`).
 
-Any tfds or folder dataset can be the target, with any subset of its classes (`--target_classes`) and
-splits pooled (`--target_splits train,test`). At small scale, features learnt on digits 0-4, probed on 5-9:
+Any tfds or folder dataset can be the target (`--target`), with any subset of its classes
+(`--target_classes`) and splits pooled (`--target_splits train,test`). At full scale, e.g.
+`--config configs/default.py --workdir runs/zfnet --target caltech101 --target_splits train,test
+--per_class 30 --test_cap 50 --folds 5`. At small scale, features learnt on digits 0-4, probed on 5-9:
 
   python -m zfnet_jax.train --config configs/digits.py --workdir runs/digits_0to4 \\
       --config.dataset.classes=0,1,2,3,4 --config.model.num_classes=5
   python -m zfnet_jax.transfer --config configs/digits.py --workdir runs/digits_0to4 \\
       --config.dataset.classes=0,1,2,3,4 --config.model.num_classes=5 \\
       --target_classes 5,6,7,8,9 --target_splits train,test --per_class 10 --test_cap 50 --folds 5 \\
-      --classifiers softmax,svm --scratch_steps 300 --out runs/transfer_digits
+      --layers 0,1,2,3,4,5,6,7 --classifiers softmax,svm --scratch_steps 300 --out runs/transfer_digits
 
 `--out` gets `results.csv` / `results.json` (one row per layer and classifier, plus `scratch`) and
 `results.png` (accuracy against layer). Memory: the features of every image the folds use are kept for
@@ -158,7 +161,7 @@ def fit_predict(classifier: str, train_x: np.ndarray, train_y: np.ndarray, test_
   if classifier == 'softmax':
     head = LogisticRegression(C=c, max_iter=2000)
   elif classifier == 'svm':
-    head = LinearSVC(C=c, max_iter=10_000)
+    head = LinearSVC(C=c, max_iter=10_000, random_state=0)
   else:
     raise ValueError(f'classifier must be one of {CLASSIFIERS}, got {classifier!r}')
   return make_pipeline(StandardScaler(), head).fit(train_x, train_y).predict(test_x)
