@@ -3,13 +3,16 @@
 All functions take and return NHWC arrays `[B, H, W, C]`.
 
 Max-pooling is written as the elementwise maximum of the `window * window` strided views of the
-(padded) input. On CPU this is several times faster than `lax.reduce_window`, mostly because its
-backward pass is a handful of fused selects instead of XLA's `select_and_scatter` (measured in
-`docs/PERFORMANCE.md`). The same strided views give the switches (which view held the maximum) and
-unpooling (each value back through its switch).
+(padded) input. The same strided views give the switches (which view held the maximum) and
+unpooling (each value back through its switch). `max_pool` is differentiated through its switches:
+each window's gradient goes to its first maximum, as with `lax.reduce_window` and PyTorch. On CPU
+that backward pass is one fused loop, several times faster than both `reduce_window`'s
+`select_and_scatter` and the derivative of the chain of `jnp.maximum`s (which splits ties and which
+XLA fuses into a slow loop behind a ReLU); measured in `docs/PERFORMANCE.md`.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -38,11 +41,13 @@ def _pool_pad(size: int, window: int, stride: int, ceil_mode: bool) -> int:
   return max(0, (out - 1) * stride + window - size)
 
 
-def _windows(x: jax.Array, window: int, stride: int, ceil_mode: bool) -> list[jax.Array]:
+def _windows(x: jax.Array, window: int, stride: int, ceil_mode: bool,
+             pad_value: float = -jnp.inf) -> list[jax.Array]:
   """The `window**2` strided views of `x`; view `dy * window + dx` holds element (dy, dx) of each window.
 
   Args:
     x: `[B, H, W, C]`.
+    pad_value: fills the part of a ceil-mode window that lies outside `x`.
   Returns:
     A list of `window**2` arrays `[B, Ho, Wo, C]`.
   """
@@ -52,13 +57,18 @@ def _windows(x: jax.Array, window: int, stride: int, ceil_mode: bool) -> list[ja
     raise ValueError(f'max-pool window {window} is larger than its {h}x{w} input map')
   ph, pw = _pool_pad(h, window, stride, ceil_mode), _pool_pad(w, window, stride, ceil_mode)
   if ph or pw:
-    x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=-jnp.inf)
+    x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=pad_value)
   return [x[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :]
           for dy in range(window) for dx in range(window)]
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
 def max_pool(x: jax.Array, window: int, stride: int, ceil_mode: bool = False) -> jax.Array:
-  """Max-pooling `[B, H, W, C] -> [B, Ho, Wo, C]` in floor or ceil mode."""
+  """Max-pooling `[B, H, W, C] -> [B, Ho, Wo, C]` in floor or ceil mode.
+
+  Its tangent is the tangent of each window's first maximum, so its gradient is the upstream
+  gradient unpooled through the switches.
+  """
   views = _windows(x, window, stride, ceil_mode)
   out = views[0]
   for v in views[1:]:
@@ -76,10 +86,24 @@ def max_pool_with_switches(x: jax.Array, window: int, stride: int,
     `(pooled, switches)`, both `[B, Ho, Wo, C]`; `switches` (int32) holds `dy * window + dx`, the
     position of the maximum inside each window (the first one on ties).
   """
-  views = jnp.stack(_windows(x, window, stride, ceil_mode), axis=-1)
-  switches = jnp.argmax(views, axis=-1).astype(jnp.int32)
-  pooled = jnp.take_along_axis(views, switches[..., None], axis=-1)[..., 0]
+  views = _windows(x, window, stride, ceil_mode)
+  pooled, switches = views[0], jnp.zeros(views[0].shape, jnp.int32)
+  for k, v in enumerate(views[1:], 1):
+    larger = v > pooled
+    pooled, switches = jnp.where(larger, v, pooled), jnp.where(larger, k, switches)
   return pooled, switches
+
+
+@max_pool.defjvp
+def _max_pool_jvp(window: int, stride: int, ceil_mode: bool, primals: tuple[jax.Array],
+                  tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
+  (x,), (x_dot,) = primals, tangents
+  _, switches = max_pool_with_switches(x, window, stride, ceil_mode)
+  views = _windows(x_dot, window, stride, ceil_mode, pad_value=0)
+  pooled_dot = jnp.where(switches == 0, views[0], 0)
+  for k, v in enumerate(views[1:], 1):
+    pooled_dot += jnp.where(switches == k, v, 0)
+  return max_pool(x, window, stride, ceil_mode), pooled_dot
 
 
 def unpool(y: jax.Array, switches: jax.Array, input_hw: tuple[int, int], window: int, stride: int,

@@ -28,6 +28,18 @@ class TrainState:
   opt_state: Any
 
 
+# XLA's CPU backend (jax 0.10) hands convolutions to YNNPACK by default, which runs them on one thread and
+# computes this network's strided convolutions and their weight gradients 2-5x slower than XLA's own
+# (Eigen) convolutions; docs/PERFORMANCE.md. Dots and reductions stay with YNNPACK, where they are faster.
+_CPU_COMPILER_OPTIONS = {
+    'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+
+
+def compiler_options(mesh: Mesh) -> dict[str, str] | None:
+  """XLA options for jitting the network over `mesh`: on CPU, convolutions by Eigen rather than YNNPACK."""
+  return dict(_CPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == 'cpu' else None
+
+
 def make_mesh(devices: list | None = None) -> Mesh:
   """A 1-D `data` mesh over `devices` (default: every device of every process)."""
   return Mesh(np.asarray(devices if devices is not None else jax.devices()), ('data',))
@@ -105,11 +117,13 @@ def jit_steps(mesh: Mesh, model: models.ConvNet, tx: optax.GradientTransformatio
   `eval(params, batch) -> sums`.
   """
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  options = compiler_options(mesh)
   init = jax.jit(functools.partial(create_state, model, tx), out_shardings=replicated)
   train = jax.jit(
       functools.partial(train_step, model=model, tx=tx, dropout_key=jax.random.key(seed),
                         filter_rms_radius=filter_rms_radius, skip_nonfinite=skip_nonfinite),
-      in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0)
+      in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0,
+      compiler_options=options)
   evaluate = jax.jit(functools.partial(eval_step, model=model), in_shardings=(replicated, data),
-                     out_shardings=replicated)
+                     out_shardings=replicated, compiler_options=options)
   return init, train, evaluate

@@ -1,0 +1,188 @@
+"""Throughput benchmarks: `python -m zfnet_jax.benchmark train|infer --config CFG [--config.batch_size=32]`.
+
+Each subcommand prints one JSON line per measurement on stdout: config, what, batch, devices, dtype,
+images/s, median step time (after warm-up and compilation), achieved FLOP/s (XLA's cost analysis of the
+compiled step divided by the step time), peak memory (the device's `memory_stats()` where it has them,
+else the process's maximum resident set), jax version and date. The data are synthetic arrays already
+on the devices, so only the step itself is timed. `train` times the jitted train step of
+`steps.jit_steps` (SGD with momentum, filter renormalisation, dropout); `infer` its eval step (forward
+pass, loss and top-k). Results and how to read them: `docs/PERFORMANCE.md`.
+
+  python -m zfnet_jax.benchmark train --config configs/default.py --config.batch_size=32 --steps 5
+
+A subcommand is a function `(config, options) -> list of records` in `BENCHMARKS`; records start from
+`record(...)` so every line has the same fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from zfnet_jax import models, optim, steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What every subcommand is given besides the config."""
+  config_path: str
+  steps: int = 5  # timed steps; the median is reported
+  warmup: int = 2  # untimed steps after compilation
+
+
+def synthetic_batch(mesh: jax.sharding.Mesh, config: ml_collections.ConfigDict, batch_size: int,
+                    seed: int = 0) -> steps.Batch:
+  """Random `image` `[B, S, S, C]`, `label` `[B]` and `mask` `[B]` (all ones), sharded over the mesh."""
+  n_dev, n_proc = mesh.devices.size, jax.process_count()
+  if batch_size < 1 or batch_size % n_dev:
+    raise ValueError(f'batch size {batch_size} must be a positive multiple of the {n_dev} devices: '
+                     f'e.g. --config.batch_size={max(1, batch_size // n_dev) * n_dev}')
+  m, local = config.model, batch_size // n_proc
+  rng = np.random.default_rng(seed + jax.process_index())
+  host = {'image': rng.standard_normal((local, m.image_size, m.image_size, m.in_channels), np.float32),
+          'label': rng.integers(0, m.num_classes, (local,), np.int32),
+          'mask': np.ones((local,), np.int32)}
+  return jax.block_until_ready(steps.global_batch(mesh, host))
+
+
+def step_flops(compiled: Any) -> float:
+  """FLOPs of one call of a compiled function, from XLA's cost analysis (0 where it has none)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get('flops', 0.0))
+
+
+def peak_memory() -> tuple[int, str]:
+  """`(bytes, source)`: the largest device peak where devices report one, else the process's max RSS."""
+  peaks = [(d.memory_stats() or {}).get('peak_bytes_in_use') for d in jax.local_devices()]
+  peaks = [p for p in peaks if p is not None]
+  if peaks:
+    return int(max(peaks)), 'device_peak_bytes_in_use'
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process_max_rss'
+
+
+@dataclasses.dataclass(frozen=True)
+class Timings:
+  """Wall-clock and process CPU seconds of each timed step."""
+  wall: list[float]
+  cpu: list[float]
+
+
+def time_steps(step: Callable[[], Any], warmup: int, num_steps: int) -> Timings:
+  """Times each of `num_steps` calls of `step` (which must block until its results are ready).
+
+  Process CPU time is recorded too: on a shared machine, CPU seconds per step well below
+  `wall * cores` mean the step was waiting for cores that other processes held.
+  """
+  if num_steps < 1:
+    raise ValueError(f'--steps must be at least 1, got {num_steps}')
+  for _ in range(warmup):
+    step()
+  wall, cpu = [], []
+  for _ in range(num_steps):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    step()
+    wall.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
+  return Timings(wall, cpu)
+
+
+def record(options: Options, config: ml_collections.ConfigDict, what: str, batch: int, times: Timings,
+           flops: float, **extra: Any) -> dict[str, Any]:
+  """One measurement: the fields every line of every subcommand has, then `extra`."""
+  step_time = statistics.median(times.wall)
+  memory, memory_source = peak_memory()
+  return {
+      'config': options.config_path, 'what': what, 'batch': batch, 'devices': jax.device_count(),
+      'platform': jax.devices()[0].platform, 'dtype': config.dtype,
+      'images_per_s': batch / step_time, 'step_time_s': step_time,
+      'step_time_min_s': min(times.wall), 'step_time_max_s': max(times.wall), 'timed_steps': len(times.wall),
+      'process_cpu_s_per_step': statistics.median(times.cpu),
+      'flops_per_step': flops, 'flops_per_s': flops / step_time,
+      'peak_memory_bytes': memory, 'peak_memory_source': memory_source,
+      **extra,
+      'jax': jax.__version__, 'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+  }
+
+
+def benchmark_train(config: ml_collections.ConfigDict, options: Options) -> list[dict[str, Any]]:
+  """The jitted train step of `steps.jit_steps` (forward, backward, SGD momentum, filter renormalisation)."""
+  mesh = steps.make_mesh()
+  model = models.create_model(config)
+  schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch=1000, num_steps=1000 * config.num_epochs)
+  tx = optim.create_optimizer(config.optim, schedule)
+  init_fn, train_fn, _ = steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius,
+                                         config.skip_nonfinite_steps)
+  state = init_fn(jax.random.key(config.seed))
+  batch = synthetic_batch(mesh, config, config.batch_size)
+  batch = {k: batch[k] for k in ('image', 'label')}
+  start = time.perf_counter()
+  compiled = train_fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+
+  def step():
+    nonlocal state
+    state, metrics = compiled(state, batch)  # the state is donated, as in training
+    jax.block_until_ready((state, metrics))
+
+  times = time_steps(step, options.warmup, options.steps)
+  return [record(options, config, 'train', config.batch_size, times, step_flops(compiled), compile_s=compile_s)]
+
+
+def benchmark_infer(config: ml_collections.ConfigDict, options: Options) -> list[dict[str, Any]]:
+  """The jitted eval step of `steps.jit_steps` (forward pass, loss, top-1/top-5), at `batch_size` like train."""
+  mesh = steps.make_mesh()
+  model = models.create_model(config)
+  params = jax.jit(models.init_params, static_argnums=0)(model, jax.random.key(config.seed))
+  batch = synthetic_batch(mesh, config, config.batch_size)
+  _, _, eval_fn = steps.jit_steps(mesh, model, optim.create_optimizer(config.optim, 0.0), config.seed,
+                                  config.optim.filter_rms_radius)
+  start = time.perf_counter()
+  compiled = eval_fn.lower(params, batch).compile()
+  compile_s = time.perf_counter() - start
+  times = time_steps(lambda: jax.block_until_ready(compiled(params, batch)), options.warmup, options.steps)
+  return [record(options, config, 'infer', config.batch_size, times, step_flops(compiled),
+                 compile_s=compile_s)]
+
+
+BENCHMARKS: dict[str, Callable[[ml_collections.ConfigDict, Options], list[dict[str, Any]]]] = {
+    'train': benchmark_train,
+    'infer': benchmark_infer,
+}
+
+
+def main(argv: list[str]) -> None:
+  from absl import flags
+  FLAGS = flags.FLAGS
+  if len(argv) != 2 or argv[1] not in BENCHMARKS:
+    raise SystemExit(f'usage: python -m zfnet_jax.benchmark {"|".join(BENCHMARKS)} --config CFG '
+                     f'[--config.batch_size=32] [--steps N]; got {argv[1:]}')
+  options = Options(config_path=FLAGS['config'].config_filename, steps=FLAGS.steps, warmup=FLAGS.warmup)
+  for line in BENCHMARKS[argv[1]](FLAGS.config, options):
+    print(json.dumps(line), flush=True)
+
+
+def _define_flags() -> None:
+  from absl import flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', None, 'A config file in configs/, e.g. configs/default.py.',
+                                  lock_config=True)
+  flags.DEFINE_integer('steps', Options.steps, 'Timed steps; the median step time is reported.')
+  flags.DEFINE_integer('warmup', Options.warmup, 'Untimed steps after compilation.')
+  flags.mark_flag_as_required('config')
+
+
+if __name__ == '__main__':
+  from absl import app
+  _define_flags()
+  app.run(main)
