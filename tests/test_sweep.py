@@ -52,6 +52,6 @@ def test_rerun_trains_only_the_missing_runs(tfds_dir, tmp_path, count_training):
 
 
 def test_unknown_variant_fails_before_training(tmp_path, count_training):
-  with pytest.raises(KeyError, match='fc_128'):
+  with pytest.raises(sweep.SweepConfigError, match='fc_128'):
     sweep.run(config_path('digits_ablations'), str(tmp_path), variants=['fc128'])
   assert count_training == []

@@ -40,6 +40,10 @@ COLUMNS = ('variant', 'seed', 'train_top1', 'eval_top1', 'eval_top5', 'eval_loss
 RESULT_FILE = 'result.json'
 
 
+class SweepConfigError(ValueError):
+  """The sweep config has no variants, or a requested variant is not among them; the message says what to do."""
+
+
 def load_variants(config_path: str) -> dict[str, dict[str, Any]]:
   """`get_variants()` of a sweep config file: `{variant name: {dotted field: value}}`."""
   if not os.path.exists(config_path):
@@ -48,7 +52,7 @@ def load_variants(config_path: str) -> dict[str, dict[str, Any]]:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, 'get_variants'):
-    raise AttributeError(f'{config_path} has no get_variants(): a sweep config defines get_config() and '
+    raise SweepConfigError(f'{config_path} has no get_variants(): a sweep config defines get_config() and '
                          f"get_variants() -> {{name: {{'model.fc_features': (128, 128)}}, ...}} "
                          f'(see configs/digits_ablations.py)')
   return dict(module.get_variants())
@@ -120,7 +124,7 @@ def run(config_path: str, workdir: str, seeds: Sequence[int] = (0,), variants: S
   names = list(variants) if variants else list(all_variants)
   unknown = [n for n in names if n not in all_variants]
   if unknown:
-    raise KeyError(f'unknown variant(s) {unknown} in {config_path}; it has: {", ".join(all_variants)}')
+    raise SweepConfigError(f'unknown variant(s) {unknown} in {config_path}; it has: {", ".join(all_variants)}')
   configs = {(n, s): run_config(config_path, overrides or {}, all_variants[n], s) for n in names for s in seeds}
   rows = []
   for (name, seed), config in configs.items():
@@ -210,7 +214,10 @@ def main(argv: list[str]) -> None:
   config_path = config_flags.get_config_filename(FLAGS['config'])
   overrides = config_flags.get_override_values(FLAGS['config'])
   seeds = [int(s) for s in FLAGS.seeds.split(',')]
-  rows = run(config_path, FLAGS.workdir, seeds, FLAGS.variants.split(',') if FLAGS.variants else None, overrides)
+  try:
+    rows = run(config_path, FLAGS.workdir, seeds, FLAGS.variants.split(',') if FLAGS.variants else None, overrides)
+  except SweepConfigError as e:
+    raise SystemExit(f'error: {e}') from None
   for t in summary(rows):
     print(f'{t["variant"]:>16}: eval top-1 {100 * t["eval_top1_mean"]:.2f} +- {100 * t["eval_top1_std"]:.2f} %, '
           f'train top-1 {100 * t["train_top1_mean"]:.2f} %, {t["params"]:,} params ({t["seeds"]} seed(s))')
