@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import config_path
 from test_deconvnet import _record, small_net
-from zfnet_jax import analysis, deconvnet, steps
+from zfnet_jax import analysis, benchmark, config_lib, deconvnet, steps
 
 
 def _numpy_topk(acts: np.ndarray, mask: np.ndarray, k: int):
@@ -61,7 +62,8 @@ def test_stream_topk_merges_batches_sharded_over_devices_and_project_topk_projec
   for layer, result in projections.items():
     seeds = deconvnet.Seeds(*(jnp.asarray(np.ravel(f)) for f in result.top[1:2]),
                             jnp.asarray(np.repeat(channels[layer], 4), jnp.int32),
-                            *(jnp.asarray(np.ravel(f)) for f in result.top[2:]), jnp.asarray(np.ravel(result.top.value)))
+                            *(jnp.asarray(np.ravel(f)) for f in result.top[2:]),
+                            jnp.asarray(np.ravel(result.top.value)))
     direct = jax.jit(deconvnet.project_patches, static_argnums=(0, 3))(arch, params, recording.switches, layer, seeds)
     r = direct.patches.shape[1]
     np.testing.assert_allclose(result.reconstruction.reshape(direct.patches.shape), direct.patches, rtol=1e-5,
@@ -118,3 +120,14 @@ def test_invariance_transforms():
   np.testing.assert_allclose(transform(image, 'rotation', 360.0), image, atol=1e-4)
   np.testing.assert_allclose(transform(image, 'rotation', 90.0), jnp.rot90(image, k=1), atol=1e-4)
   np.testing.assert_allclose(transform(image, 'scale', 2.0)[4, 4], image[4, 4], atol=1e-6)  # about the centre
+
+
+def test_benchmark_deconv_and_occlusion_records():
+  config = config_lib.load(config_path('digits'), {'model.kernel_init': 'paper'})  # fast to compile
+  options = benchmark.Options(config_path='configs/digits.py', steps=1, warmup=0)
+  deconv = benchmark.BENCHMARKS['deconv'](config, options)
+  assert [r['layer'] for r in deconv] == [1, 2, 3, 4, 5] and [r['batch'] for r in deconv] == [32, 64, 96, 96, 64]
+  assert all(0 < r['projections_per_s'] < r['images_per_s'] for r in deconv)
+  [occlusion] = benchmark.BENCHMARKS['occlusion'](config, options)
+  assert (occlusion['window'], occlusion['stride'], occlusion['positions']) == (9, 4, 196)
+  assert occlusion['seconds_per_image'] > 0 and occlusion['what'] == 'occlusion'

@@ -34,7 +34,7 @@ def random_params(model: models.ConvNet, seed: int = 0) -> dict:
 
 def small_net(layout: str, **overrides) -> tuple[models.ConvNet, dict]:
   config = config_lib.load(os.path.join(REPO, 'configs', 'digits.py'), {
-      'model.conv_features': (4, 6, 8, 8, 6), 'model.fc_features': (16, 16), **LAYOUTS[layout], **overrides})
+      'model.conv_features': (8, 6, 8, 8, 6), 'model.fc_features': (16, 16), **LAYOUTS[layout], **overrides})
   model = models.create_model(config)
   return model, random_params(model)
 
@@ -76,6 +76,24 @@ def test_switches_reproduce_max_pool_and_unpool_puts_values_back_at_the_argmax(s
                            ceil)
   np.testing.assert_array_equal(counted, chosen)
   np.testing.assert_allclose(values, chosen * np.asarray(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize('kernel,stride,channels_in', [(5, 2, 8), (7, 2, 1), (3, 1, 8), (11, 4, 16), (4, 3, 8)])
+def test_filter_down_is_the_transpose_of_the_conv(kernel, stride, channels_in):
+  """Flipping, channel swap and stride remainders: `filter_down` of a window equals the vjp of the forward
+  conv (valid, strided) over the rows the window reads, in both of its code paths (few / many channels)."""
+  rng = np.random.default_rng(kernel)
+  n = 4
+  size = (n - 1) * stride + kernel
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, channels_in, 6)), jnp.float32)
+  y = jnp.asarray(rng.normal(size=(2, n, n, 6)), jnp.float32)
+  conv = lambda x: jax.lax.conv_general_dilated(x, w, (stride, stride), 'VALID',  # noqa: E731
+                                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  expected = jax.vjp(conv, jnp.zeros((2, size + stride - 1, size + stride - 1, channels_in)))[1](y)[0]
+  got = jax.jit(deconvnet.filter_down, static_argnums=2)(y, w, stride)
+  assert got.shape == (2, size, size, channels_in)
+  np.testing.assert_allclose(got, expected[:, :size, :size], rtol=1e-5, atol=1e-5)
+  assert not np.any(np.asarray(expected[:, size:])) and not np.any(np.asarray(expected[:, :, size:]))
 
 
 _forward_with_deconv_rules = jax.jit(deconvnet.forward_with_deconv_rules, static_argnums=(0, 3))

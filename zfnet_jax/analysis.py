@@ -119,11 +119,11 @@ class TopKProjections(NamedTuple):
 
 
 def project_topk(model: models.ConvNet, params: Any, batches: Iterable[dict[str, np.ndarray]], tops: dict[int, TopK],
-                 channels: dict[int, np.ndarray], chunk: int = 32) -> dict[int, TopKProjections]:
+                 channels: dict[int, np.ndarray], chunk: int = 16) -> dict[int, TopKProjections]:
   """Re-reads the stream `stream_topk` read and projects the kept activations of the `channels` of each layer.
 
-  Each batch is recorded once; the seeds whose images are in it are projected `chunk` at a time (empty
-  slots, value -inf, give zero projections).
+  Each batch with kept images is recorded once; their seeds are projected `chunk` at a time (the last
+  chunk padded with zero seeds). Empty slots (value -inf) stay zero.
   """
   arch = model.arch
   rec = _jitted_record(model)
@@ -131,21 +131,19 @@ def project_topk(model: models.ConvNet, params: Any, batches: Iterable[dict[str,
   out = {}
   for n, top in tops.items():
     picked = TopK(*(np.asarray(f)[channels[n]] for f in top))
-    r = receptive_field.clamp(0, receptive_field.nominal(arch, n)[0], arch.image_size)[1]
+    size = receptive_field.clamp(0, receptive_field.nominal(arch, n)[0], arch.image_size)[1]
     m, k = picked.value.shape
     box = np.stack(receptive_field.receptive_field(arch, n, picked.y, picked.x), axis=-1)
-    out[n] = TopKProjections(np.asarray(channels[n]), picked, np.zeros((m, k, r, r, arch.in_channels), np.float32),
-                             np.zeros((m, k, r, r, arch.in_channels), np.float32), np.zeros((m, k, 2), np.int32), box)
+    empty = lambda: np.zeros((m, k, size, size, arch.in_channels), np.float32)  # noqa: E731
+    out[n] = TopKProjections(np.asarray(channels[n]), picked, empty(), empty(), np.zeros((m, k, 2), np.int32), box)
   seen = 0
   for batch in batches:
-    size = len(batch['mask'])
     recording = None
     for n, result in out.items():
-      rows, cols = np.nonzero((result.top.image >= seen) & (result.top.image < seen + size)
+      rows, cols = np.nonzero((result.top.image >= seen) & (result.top.image < seen + len(batch['mask']))
                               & np.isfinite(result.top.value))
-      if not len(rows):
-        continue
-      recording = recording or rec(params, batch['image'])
+      if recording is None and len(rows):
+        recording = rec(params, batch['image'])
       for i in range(0, len(rows), chunk):
         r, c = rows[i:i + chunk], cols[i:i + chunk]
         fill = lambda a, dtype: np.pad(np.asarray(a, dtype), (0, chunk - len(r)))  # noqa: E731
@@ -153,13 +151,13 @@ def project_topk(model: models.ConvNet, params: Any, batches: Iterable[dict[str,
                                 fill(result.top.y[r, c], np.int32), fill(result.top.x[r, c], np.int32),
                                 fill(result.top.value[r, c], np.float32))
         proj = jax.device_get(project[n](params, recording.switches, seeds=seeds))
-        size_r = proj.patches.shape[1]
+        size = proj.patches.shape[1]
         for j in range(len(r)):
-          top_, left = int(proj.top[j]), int(proj.left[j])
+          top, left = int(proj.top[j]), int(proj.left[j])
           result.reconstruction[r[j], c[j]] = proj.patches[j]
-          result.patch[r[j], c[j]] = batch['image'][seeds.image[j], top_:top_ + size_r, left:left + size_r]
-          result.window[r[j], c[j]] = (top_, left)
-    seen += size
+          result.patch[r[j], c[j]] = batch['image'][seeds.image[j], top:top + size, left:left + size]
+          result.window[r[j], c[j]] = (top, left)
+    seen += len(batch['mask'])
   return out
 
 
@@ -236,7 +234,7 @@ def _occlusion_plan(arch: models.Architecture, size: int, rows: np.ndarray,
 
 
 def occlusion(model: models.ConvNet, params: Any, image: jax.Array, label: int | jax.Array, size: int, stride: int,
-              fill: float = 0.0, chunk: int = 32, local_fraction: float = 0.5) -> OcclusionMaps:
+              fill: float = 0.0, chunk: int = 16, local_fraction: float = 0.5) -> OcclusionMaps:
   """Fig. 7: a `size` square of value `fill` at every `stride`-th position inside the image.
 
   Only what the square can change is recomputed: while the window of a map that the square reaches
@@ -362,8 +360,8 @@ def transform(image: jax.Array, kind: str, amount: jax.Array, fill: float = 0.0)
     src = (cr + (r - cr) * jnp.cos(t) + (c - cc) * jnp.sin(t), cc - (r - cr) * jnp.sin(t) + (c - cc) * jnp.cos(t))
   else:
     raise ValueError(f'transform kind must be one of {TRANSFORMS}, got {kind!r}')
-  sample = lambda channel: jax.scipy.ndimage.map_coordinates(channel, src, order=1, mode='constant', cval=fill)  # noqa: E731
-  return jnp.stack([sample(image[..., i]) for i in range(image.shape[-1])], axis=-1)
+  return jnp.stack([jax.scipy.ndimage.map_coordinates(image[..., i], src, order=1, mode='constant', cval=fill)
+                    for i in range(image.shape[-1])], axis=-1)
 
 
 def invariance(model: models.ConvNet, params: Any, images: jax.Array, labels: jax.Array, kind: str,

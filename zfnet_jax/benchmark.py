@@ -6,7 +6,8 @@ compiled step divided by the step time), peak memory (the device's `memory_stats
 else the process's maximum resident set), jax version and date. The data are synthetic arrays already
 on the devices, so only the step itself is timed. `train` times the jitted train step of
 `steps.jit_steps` (SGD with momentum, filter renormalisation, dropout); `infer` its eval step (forward
-pass, loss and top-k). Results and how to read them: `docs/PERFORMANCE.md`.
+pass, loss and top-k); `deconv` and `occlusion` the deconvnet's projections and Fig. 7's occlusion maps
+of one image. Results and how to read them: `docs/PERFORMANCE.md`.
 
   python -m zfnet_jax.benchmark train --config configs/default.py --config.batch_size=32 --steps 5
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import resource
 import statistics
@@ -28,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from zfnet_jax import models, optim, steps
+from zfnet_jax import analysis, deconvnet, models, optim, receptive_field, steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,9 +157,65 @@ def benchmark_infer(config: ml_collections.ConfigDict, options: Options) -> list
                  compile_s=compile_s)]
 
 
+def _synthetic_image(config: ml_collections.ConfigDict, seed: int = 0) -> jax.Array:
+  m = config.model
+  return jax.device_put(np.random.default_rng(seed).standard_normal((m.image_size, m.image_size, m.in_channels),
+                                                                    np.float32))
+
+
+def benchmark_deconv(config: ml_collections.ConfigDict, options: Options) -> list[dict[str, Any]]:
+  """Deconvnet projections of one image, one record per conv layer: the strongest activation of every
+  feature map, all projected in one call of `deconvnet.project_patches` after one recorded forward pass
+  (random weights). `batch` and `images_per_s` count projections; `projections_per_s` includes the
+  shared forward pass (`forward_s`)."""
+  model = models.create_model(config)
+  arch = model.arch
+  params = jax.jit(models.init_params, static_argnums=0)(model, jax.random.key(config.seed))
+  image = _synthetic_image(config)[None]
+  forward = jax.jit(functools.partial(deconvnet.record, model)).lower(params, image).compile()
+  forward_s = statistics.median(time_steps(lambda: jax.block_until_ready(forward(params, image)),
+                                           options.warmup, options.steps).wall)
+  recording = forward(params, image)
+  records = []
+  for spec in arch.convs:
+    seeds = deconvnet.strongest(recording, spec.layer)
+    project = jax.jit(lambda p, switches, s, layer=spec.layer: deconvnet.project_patches(arch, p, switches, layer, s))
+    start = time.perf_counter()
+    compiled = project.lower(params, recording.switches, seeds).compile()
+    compile_s = time.perf_counter() - start
+    times = time_steps(lambda: jax.block_until_ready(compiled(params, recording.switches, seeds)), options.warmup,
+                       options.steps)
+    count = len(seeds.value)
+    records.append(record(options, config, 'deconv', count, times, step_flops(compiled), compile_s=compile_s,
+                          layer=spec.layer, receptive_field=receptive_field.nominal(arch, spec.layer)[0],
+                          forward_s=forward_s,
+                          projections_per_s=count / (statistics.median(times.wall) + forward_s)))
+  return records
+
+
+def benchmark_occlusion(config: ml_collections.ConfigDict, options: Options) -> list[dict[str, Any]]:
+  """`analysis.occlusion` of one image (random weights): a grey square of side image_size // 7 (32 px
+  at 224) at stride side // 2, all three maps of Fig. 7; `batch` is one image, `positions` the squares."""
+  model = models.create_model(config)
+  params = jax.jit(models.init_params, static_argnums=0)(model, jax.random.key(config.seed))
+  image = _synthetic_image(config)
+  size = max(1, config.model.image_size // 7)
+  stride = max(1, size // 2)
+  occlude = jax.jit(functools.partial(analysis.occlusion, model, size=size, stride=stride))
+  start = time.perf_counter()
+  compiled = occlude.lower(params, image, 0).compile()
+  compile_s = time.perf_counter() - start
+  times = time_steps(lambda: jax.block_until_ready(compiled(params, image, 0)), options.warmup, options.steps)
+  positions = len(range(0, config.model.image_size - size + 1, stride)) ** 2
+  return [record(options, config, 'occlusion', 1, times, step_flops(compiled), compile_s=compile_s, window=size,
+                 stride=stride, positions=positions, seconds_per_image=statistics.median(times.wall))]
+
+
 BENCHMARKS: dict[str, Callable[[ml_collections.ConfigDict, Options], list[dict[str, Any]]]] = {
     'train': benchmark_train,
     'infer': benchmark_infer,
+    'deconv': benchmark_deconv,
+    'occlusion': benchmark_occlusion,
 }
 
 

@@ -104,11 +104,40 @@ def filter_down(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   Returns:
     `[B, (n-1)*stride + k, (n-1)*stride + k, C_in]`: every input row the window's outputs read, starting
     at input row `window_start * stride - padding`.
+
+  XLA's CPU convolution with an input dilation (`lax.conv_transpose`'s lowering) is slow on small
+  windows (10x on 3x3 ones), so strided filtering runs as `stride**2` undilated convs, one per output
+  phase, interleaved (`_filter_down_by_phases`); into few channels (the image) the dilated conv is
+  the faster one and is kept. Both are the same sum; the tests check it against the conv's vjp.
   """
+  if stride > 1 and kernel.shape[2] >= 8:
+    return _filter_down_by_phases(x, kernel, stride)
   k = kernel.shape[0]
   flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)  # [k, k, C_out, C_in]
   return lax.conv_general_dilated(x, flipped, (1, 1), [(k - 1, k - 1)] * 2, lhs_dilation=(stride, stride),
                                   dimension_numbers=_DIMS)
+
+
+def _filter_down_by_phases(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """`filter_down` as `stride**2` convs: output row `q*s + t` only meets kernel taps `d*s + t`.
+
+  Row `q*s + t` of the result is `sum_d x[q - d] * kernel[d*s + t]`: a full stride-1 convolution of
+  `x` with the sub-kernel `kernel[t::s]`, flipped for `conv_general_dilated`'s correlation.
+  """
+  k, s = kernel.shape[0], stride
+  b, n = x.shape[:2]
+  rows = n - 1 + -(-k // s)  # output rows per phase
+  phases = []
+  for ty in range(s):
+    row = []
+    for tx in range(s):
+      sub = kernel[ty::s, tx::s]
+      dy, dx = sub.shape[:2]
+      row.append(lax.conv_general_dilated(x, jnp.swapaxes(sub[::-1, ::-1], 2, 3), (1, 1),
+                                          [(dy - 1, rows - n), (dx - 1, rows - n)], dimension_numbers=_DIMS))
+    phases.append(jnp.stack(row, axis=3))  # [B, rows, rows, s (tx), C_in]
+  size = (n - 1) * s + k
+  return jnp.stack(phases, axis=2).reshape(b, rows * s, rows * s, -1)[:, :size, :size]
 
 
 def _project_seed(arch: models.Architecture, kernels: dict[str, jax.Array], switches: dict[str, jax.Array],
@@ -139,7 +168,7 @@ def _project_seed(arch: models.Architecture, kernels: dict[str, jax.Array], swit
 
 
 def project_patches(arch: models.Architecture, params: Any, switches: dict[str, jax.Array], layer: int,
-                    seeds: Seeds, chunk: int = 32) -> Projection:
+                    seeds: Seeds, chunk: int = 16) -> Projection:
   """Projects every seed of conv layer `layer` down to pixel space, each cropped to its image window.
 
   Pure and jittable (`arch`, `layer` and `chunk` static); seeds are vmapped `chunk` at a time.
@@ -165,7 +194,7 @@ def paste(projection: Projection, image_size: int) -> jax.Array:
 
 
 def project(arch: models.Architecture, params: Any, switches: dict[str, jax.Array], layer: int, seeds: Seeds,
-            chunk: int = 32) -> jax.Array:
+            chunk: int = 16) -> jax.Array:
   """`project_patches` pasted into full-size images: `[S, H, W, C_in]`, input resolution, unnormalised."""
   return paste(project_patches(arch, params, switches, layer, seeds, chunk), arch.image_size)
 
