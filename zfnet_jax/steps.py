@@ -40,6 +40,17 @@ def compiler_options(mesh: Mesh) -> dict[str, str] | None:
   return dict(_CPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == 'cpu' else None
 
 
+def one_step_in_flight() -> bool:
+  """Whether loops must wait for each step before dispatching the next: on several CPU devices.
+
+  XLA's CPU client runs every device's part of a step on one shared thread pool; steps queued ahead
+  (async dispatch) can hold its threads while a collective of an earlier step waits for participants
+  that never get one, and the process hangs (seen with 8 host-platform devices on 2 cores).
+  Accelerators keep the queue.
+  """
+  return jax.local_device_count() > 1 and jax.local_devices()[0].platform == 'cpu'
+
+
 def make_mesh(devices: list | None = None) -> Mesh:
   """A 1-D `data` mesh over `devices` (default: every device of every process)."""
   return Mesh(np.asarray(devices if devices is not None else jax.devices()), ('data',))

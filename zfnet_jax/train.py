@@ -43,8 +43,11 @@ def evaluate(eval_fn, params, config: ml_collections.ConfigDict, mesh, split: st
   batches, _, num_examples = input_pipeline.eval_batches(
       config, split, jax.process_index(), jax.process_count())
   sums = None
+  one_step_in_flight = steps.one_step_in_flight()
   for batch in batches:
     out = eval_fn(params, steps.global_batch(mesh, batch))
+    if one_step_in_flight:
+      jax.block_until_ready(out)
     sums = out if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, out)
   sums = jax.tree_util.tree_map(lambda x: float(np.asarray(x)), sums)
   if int(sums['count']) != num_examples:
@@ -141,10 +144,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   progress = metric_writer.Progress(num_steps, step, config.batch_size)
   eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
   sums, n_sums = None, 0
+  one_step_in_flight = steps.one_step_in_flight()
   try:
     with PreemptionWatch() as preemption:
       while step < num_steps:
         state, metrics = train_fn(state, steps.global_batch(mesh, next(batches)))
+        if one_step_in_flight:
+          jax.block_until_ready(metrics)
         step += 1
         sums = metrics if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, metrics)
         n_sums += 1
