@@ -53,8 +53,8 @@ def load_variants(config_path: str) -> dict[str, dict[str, Any]]:
   spec.loader.exec_module(module)
   if not hasattr(module, 'get_variants'):
     raise SweepConfigError(f'{config_path} has no get_variants(): a sweep config defines get_config() and '
-                         f"get_variants() -> {{name: {{'model.fc_features': (128, 128)}}, ...}} "
-                         f'(see configs/digits_ablations.py)')
+                           f"get_variants() -> {{name: {{'model.fc_features': (128, 128)}}, ...}} "
+                           f'(see configs/digits_ablations.py)')
   return dict(module.get_variants())
 
 

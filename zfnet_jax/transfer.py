@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -219,16 +220,32 @@ def scratch_baseline(source: ml_collections.ConfigDict, images: Sequence[np.ndar
                      folds: Sequence[Fold], steps: int, out: str) -> list[float]:
   """Mean per-class accuracy on each fold of a network trained from scratch on the fold's training images.
 
-  Fold k trains in `out/scratch/fold_k` (a finished fold is only re-evaluated when run again).
+  Fold k trains in `out/scratch/fold_k`. Run again with the same folds and steps, a finished fold is only
+  re-evaluated; a fold directory left by other folds or steps is deleted and trained anew.
   """
   accuracies = []
   for k, fold in enumerate(folds):
     workdir = os.path.join(out, 'scratch', f'fold_{k}')
+    plan = {'train': fold.train.tolist(), 'test': fold.test.tolist(), 'steps': steps}
+    plan_path = os.path.join(workdir, 'fold.json')
+    if os.path.exists(workdir) and not _same_json(plan_path, plan):
+      train.log(f'{workdir} was made for other folds or steps: training it anew')
+      shutil.rmtree(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    with open(plan_path, 'w') as f:
+      json.dump(plan, f)
     dataset = write_folder_dataset(os.path.join(workdir, 'images'), images, labels, fold)
     config = scratch_config(source, dataset, len(np.unique(labels)), len(fold.train), steps, seed=k)
     train.train_and_evaluate(config, workdir)
     accuracies.append(mean_per_class_accuracy(*predict(config, workdir, 'test')))
   return accuracies
+
+
+def _same_json(path: str, value: Any) -> bool:
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return json.load(f) == value
 
 
 def run(source: ml_collections.ConfigDict, workdir: str, target: ml_collections.ConfigDict, splits: Sequence[str],
