@@ -224,7 +224,7 @@ def choose_maps(top: analysis.TopK, count: int, rng: np.random.Generator) -> np.
   return np.sort(np.concatenate([picked, dead[:count - len(picked)]]))
 
 
-def _topk_figure(result: analysis.TopKProjections, layer: int, config, title: str):
+def _topk_figure(result: analysis.TopKProjections, config, title: str):
   """Fig. 2 for one layer: per feature map, its k reconstructions (left) beside their image patches (right)."""
   m, k = result.top.value.shape
   side = int(np.ceil(np.sqrt(k)))
@@ -257,8 +257,8 @@ def run_topk(args, config, model, params, write: Writer) -> None:
                  window=result.window, receptive_field=result.receptive_field,
                  all_value=tops[n].value, all_image=tops[n].image, all_y=tops[n].y, all_x=tops[n].x)
     size = receptive_field.nominal(model.arch, n)[0]
-    fig = _topk_figure(result, n, config, f'layer {n}: top {args.k} activations of {len(result.channel)} feature '
-                                          f'maps over {args.split} (projection | image patch, {size} px field)')
+    fig = _topk_figure(result, config, f'layer {n}: top {args.k} activations of {len(result.channel)} feature '
+                                       f'maps over {args.split} (projection | image patch, {size} px field)')
     write.figure(f'topk_layer{n}.png', fig)
 
 
