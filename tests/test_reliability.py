@@ -2,7 +2,8 @@
 
 Hosts are real JAX processes on this machine (gloo collectives), launched through the real CLI.
 Every run uses a constant learning rate, so a run extended by more steps continues the same
-trajectory, and 4 devices in all with `input.data_shards=2`, so the global batches are identical
+trajectory, and a small one (0.005), so last-bit differences between topologies do not blow up over
+the steps; and 4 devices in all with `input.data_shards=2`, so the global batches are identical
 however many processes read them.
 """
 import os
@@ -39,6 +40,7 @@ def launch(workdir, tfds_dir, num_steps, cache, processes=1, devices=4, wait=Tru
   args = [sys.executable, '-m', 'zfnet_jax.train', '--config', config_path('digits'), '--workdir', str(workdir),
           f'--config.dataset.data_dir={tfds_dir}', f'--config.num_train_steps={num_steps}',
           '--config.batch_size=16', '--config.input.data_shards=2', '--config.optim.schedule=constant',
+          '--config.optim.learning_rate=0.005',
           '--config.optim.warmup_epochs=0', '--config.checkpoint_every_steps=2', '--config.keep_checkpoints=20',
           '--config.log_every_steps=1', '--config.eval_every_epochs=100']
   if processes > 1:
@@ -62,10 +64,20 @@ def params_at(tfds_dir, workdir, step):
   return jax.tree_util.tree_map(np.asarray, checkpointing.load_params(config, str(workdir), step)[1])
 
 
-def assert_trees(a, b, exact):
-  check = np.testing.assert_array_equal if exact else (
-      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6))
-  jax.tree_util.tree_map(check, a, b)
+def assert_trees(a, b):
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+def assert_same_training(a, b, update):
+  """`a` and `b` differ by float noise only: under 5% of what K training steps move each parameter.
+
+  Different hosts sum gradients in a different order, and XLA's multi-threaded CPU convolutions split
+  their work by the threads each process has; those last-bit differences grow over the steps, so a
+  fixed small tolerance would be arbitrary. A wrong batch or step moves parameters by a whole update.
+  """
+  def check(x, y, u):
+    assert np.max(np.abs(x - y)) <= 0.05 * np.max(np.abs(u)), (np.max(np.abs(x - y)), np.max(np.abs(u)))
+  jax.tree_util.tree_map(check, a, b, update)
 
 
 @pytest.fixture(scope='module')
@@ -78,18 +90,20 @@ def reference(tfds_dir, tmp_path_factory, compile_cache):
 
 def test_two_hosts_equal_one_and_checkpoints_move_between_them(tfds_dir, reference, tmp_path, compile_cache):
   # 2 processes x 2 devices for K steps == 1 process x 4 devices
+  ref_k, ref_2k = params_at(tfds_dir, reference, K), params_at(tfds_dir, reference, 2 * K)
+  update = jax.tree_util.tree_map(lambda a, b: a - b, ref_2k, ref_k)  # what K steps move each parameter
   multi = tmp_path / 'multi'
   launch(multi, tfds_dir, K, compile_cache, processes=2)
-  assert_trees(params_at(tfds_dir, multi, K), params_at(tfds_dir, reference, K), exact=False)
+  assert_same_training(params_at(tfds_dir, multi, K), ref_k, update)
   # the multi-host checkpoint resumes in a single-host run ...
   out = launch(multi, tfds_dir, 2 * K, compile_cache)
   assert f'Resuming from the checkpoint at step {K}' in out
-  assert_trees(params_at(tfds_dir, multi, 2 * K), params_at(tfds_dir, reference, 2 * K), exact=False)
+  assert_same_training(params_at(tfds_dir, multi, 2 * K), ref_2k, update)
   # ... and a single-host checkpoint in a multi-host run
   single = tmp_path / 'single'
   shutil.copytree(reference / 'checkpoints' / str(K), single / 'checkpoints' / str(K))
   launch(single, tfds_dir, 2 * K, compile_cache, processes=2)
-  assert_trees(params_at(tfds_dir, single, 2 * K), params_at(tfds_dir, reference, 2 * K), exact=False)
+  assert_same_training(params_at(tfds_dir, single, 2 * K), ref_2k, update)
 
 
 def test_hosts_read_disjoint_parts_that_cover_the_split(tfds_dir):
@@ -124,7 +138,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tfds_dir, reference, tmp
   out = launch(tmp_path, tfds_dir, 2 * K, compile_cache)
   assert f'Resuming from the checkpoint at step {stopped_at}' in out
   # same data, same random numbers, same program: bit-exact
-  assert_trees(params_at(tfds_dir, tmp_path, 2 * K), params_at(tfds_dir, reference, 2 * K), exact=True)
+  assert_trees(params_at(tfds_dir, tmp_path, 2 * K), params_at(tfds_dir, reference, 2 * K))
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tfds_dir, tmp_path):
@@ -150,7 +164,7 @@ def test_skip_nonfinite_leaves_the_state_unchanged(tfds_dir):
   before = jax.tree_util.tree_map(np.asarray, state.params)
   state, metrics = skip_step(state, steps.global_batch(mesh, batch))
   assert float(metrics['skipped']) == 1.0 and float(metrics['loss']) == 0.0 and int(state.step) == 1
-  assert_trees(jax.tree_util.tree_map(np.asarray, state.params), before, exact=True)
+  assert_trees(jax.tree_util.tree_map(np.asarray, state.params), before)
 
 
 def test_bad_inputs_fail_clearly(tfds_dir, tmp_path):
