@@ -484,7 +484,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--channel', type=int, help='feature map (default: the one with the strongest activation)')
   p.add_argument('--position', type=int, nargs=2, metavar=('Y', 'X'), help='default: the map\'s strongest')
   p = sub.add_parser('topk', parents=[common, dataset], help='Fig. 2: top-k activations, projected')
-  p.add_argument('--k', type=int, default=9)
+  p.add_argument('--k', type=int, default=9, help='activations kept per feature map (9 in the paper)')
   p.add_argument('--maps', type=int, default=16, help=maps_help)
   sub.add_parser('filters', parents=[common], help='Fig. 6: layer-1 filters')
   p = sub.add_parser('occlusion', parents=[common, one], help='Fig. 7: occlusion sensitivity')
