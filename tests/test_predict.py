@@ -35,9 +35,9 @@ def test_bad_inputs_fail_clearly(trained_digits, tmp_path):
   config, _ = trained_digits
   np.save(tmp_path / 'rgb.npy', np.zeros((64, 64, 3), np.float32))
   with pytest.raises(ValueError, match=r'a preprocessed input for this config is float32 \[64, 64, 1\]'):
-    predict.load_input(str(tmp_path / 'rgb.npy'), config)
+    input_pipeline.load_input(str(tmp_path / 'rgb.npy'), config)
   (tmp_path / 'notes.txt').write_text('not an image')
   with pytest.raises(ValueError, match='neither a .npy array nor an image file'):
-    predict.load_input(str(tmp_path / 'notes.txt'), config)
+    input_pipeline.load_input(str(tmp_path / 'notes.txt'), config)
   with pytest.raises(FileNotFoundError, match='no image file'):
-    predict.load_input(str(tmp_path / 'missing.png'), config)
+    input_pipeline.load_input(str(tmp_path / 'missing.png'), config)

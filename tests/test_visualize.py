@@ -67,5 +67,5 @@ def test_bad_arguments_say_what_to_do(trained_digits, tmp_path):
     visualize.main(['project', *common, f'--config.dataset.data_dir={config.dataset.data_dir}', '--layer', '9'])
   bad = tmp_path / 'wrong.npy'
   np.save(bad, np.zeros((32, 32, 1), np.float32))
-  with pytest.raises(ValueError, match=r'\(64, 64, 1\)'):
+  with pytest.raises(ValueError, match=r'float32 \[64, 64, 1\]'):
     visualize.main(['occlusion', *common, '--image', str(bad)])

@@ -306,3 +306,22 @@ def eval_batches(config: ml_collections.ConfigDict, split_name: str | None = Non
                                           'label': tf.constant(0, tf.int32), 'mask': tf.constant(0, tf.int32)})
   ds = ds.concatenate(padding.repeat()).batch(host_batch).take(num_steps).prefetch(tf.data.AUTOTUNE)
   return iter(tfds.as_numpy(ds)), num_steps, split.num_examples
+
+
+def load_input(path: str, config: ml_collections.ConfigDict) -> np.ndarray:
+  """The network input `[image_size, image_size, in_channels]` float32 for an image file or a `.npy` array."""
+  size, channels = config.model.image_size, config.model.in_channels
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'no image file {path!r}')
+  if path.endswith('.npy'):
+    x = np.load(path)
+    if x.shape != (size, size, channels) or x.dtype != np.float32:
+      raise ValueError(f'{path} holds a {x.dtype} array {list(x.shape)}; a preprocessed input for this config is '
+                       f'float32 {[size, size, channels]} (or pass the image file to be preprocessed)')
+    return x
+  try:
+    image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+  except tf.errors.InvalidArgumentError:
+    raise ValueError(f'{path} is neither a .npy array nor an image file TensorFlow can decode '
+                     f'(PNG, JPEG, GIF, BMP)') from None
+  return preprocess_eval(image, config).numpy()

@@ -14,31 +14,11 @@ import os
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from zfnet_jax import checkpointing, config_lib, input_pipeline
 
 TOP_K = 5
-
-
-def load_input(path: str, config: ml_collections.ConfigDict) -> np.ndarray:
-  """The network input `[image_size, image_size, in_channels]` float32 for an image file or a `.npy` array."""
-  size, channels = config.model.image_size, config.model.in_channels
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'no image file {path!r}')
-  if path.endswith('.npy'):
-    x = np.load(path)
-    if x.shape != (size, size, channels) or x.dtype != np.float32:
-      raise ValueError(f'{path} holds a {x.dtype} array {list(x.shape)}; a preprocessed input for this config is '
-                       f'float32 {[size, size, channels]} (or pass the image file and let predict preprocess it)')
-    return x
-  try:
-    image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-  except tf.errors.InvalidArgumentError:
-    raise ValueError(f'{path} is neither a .npy array nor an image file TensorFlow can decode '
-                     f'(PNG, JPEG, GIF, BMP)') from None
-  return input_pipeline.preprocess_eval(image, config).numpy()
 
 
 def class_names(config: ml_collections.ConfigDict) -> list[str] | None:
@@ -61,7 +41,7 @@ def class_names(config: ml_collections.ConfigDict) -> list[str] | None:
 def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> tuple[np.ndarray, int]:
   """`(logits [N, num_classes], checkpoint step)` of the latest checkpoint of `workdir` for the inputs at `paths`."""
   input_pipeline.hide_accelerators_from_tf()
-  inputs = np.stack([load_input(p, config) for p in paths])
+  inputs = np.stack([input_pipeline.load_input(p, config) for p in paths])
   model, params, step = checkpointing.load_params(config, workdir)
   forward = jax.jit(lambda p, x: model.apply({'params': p}, x))
   n = config.eval_batch_size

@@ -46,20 +46,6 @@ def load_config(path: str, overrides: list[str]) -> ml_collections.ConfigDict:
   return values.config
 
 
-def load_image(path: str, config: ml_collections.ConfigDict) -> np.ndarray:
-  """`[S, S, C]` network input from an image file (evaluation preprocessing) or a `.npy` (as is)."""
-  size, channels = config.model.image_size, config.model.in_channels
-  if path.endswith('.npy'):
-    image = np.load(path)
-    if image.shape != (size, size, channels) or image.dtype != np.float32:
-      raise ValueError(f'{path} holds a {image.dtype} {image.shape} array; a .npy input must be a preprocessed '
-                       f'float32 network input of shape {(size, size, channels)}')
-    return image
-  import tensorflow as tf
-  decoded = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-  return input_pipeline.preprocess_eval(decoded, config).numpy()
-
-
 def batches(config: ml_collections.ConfigDict, split: str, max_images: int | None) -> Iterator[dict[str, np.ndarray]]:
   """The split's evaluation batches (fixed order), with `mask` 0 from image `max_images` on."""
   stream, _, _ = input_pipeline.eval_batches(config, split)
@@ -169,7 +155,7 @@ def _image_figure(image: np.ndarray, title: str, pixels_per_inch: float = 100.0)
 def _one_image(args, config) -> tuple[np.ndarray, int | None, str]:
   """`(image, label or None, description)` from `--image` or `--index` of the split."""
   if args.image:
-    return load_image(args.image, config), None, os.path.basename(args.image)
+    return input_pipeline.load_input(args.image, config), None, os.path.basename(args.image)
   images, labels, _ = split_images(config, args.split, lambda i, _: i == args.index, 1)
   return images[0], int(labels[0]), f'{args.split} image {args.index}'
 
@@ -330,7 +316,7 @@ def _image_set(args, config) -> tuple[np.ndarray, np.ndarray, list[str]]:
     labels = args.labels or [0] * len(args.images)
     if len(labels) != len(args.images):
       raise ValueError(f'--labels needs one label per image: {len(args.images)} images, {len(labels)} labels')
-    return np.stack([load_image(p, config) for p in args.images]), np.asarray(labels), \
+    return np.stack([input_pipeline.load_input(p, config) for p in args.images]), np.asarray(labels), \
         [os.path.basename(p) for p in args.images]
   want = (lambda i, label: True) if args.label is None else (lambda i, label: label == args.label)
   images, labels, indices = split_images(config, args.split, want, args.count)
