@@ -214,3 +214,21 @@ def test_tpu_vm_launcher_dry_run_prints_the_commands():
                    "> ~/zfnet_train.log 2>&1 &'"]
   copy = run('copy')
   assert 'git -C' in copy and 'archive' in copy and '--worker=all' in copy and 'jax[tpu]==0.10.2' in copy
+
+
+def test_disk_filling_up_during_a_save_keeps_the_previous_checkpoint(tfds_dir, tmp_path):
+  from zfnet_jax import train
+  disk = tmp_path / 'small_disk'
+  disk.mkdir()
+  # one digits checkpoint (parameters + momentum) is ~2.7 MB: the second does not fit in 4 MB
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(disk)], capture_output=True).returncode:
+    pytest.skip('mounting a small tmpfs needs root')
+  try:
+    config = digits_config(tfds_dir, num_train_steps=6, checkpoint_every_steps=2, keep_checkpoints=5,
+                           log_every_steps=2, eval_every_epochs=100)
+    with pytest.raises(OSError, match=r'filled up while saving a checkpoint; the last complete one \(step 2\)'):
+      train.train_and_evaluate(config, str(disk / 'run'))
+    _, params, step = checkpointing.load_params(config, str(disk / 'run'))
+    assert step == 2 and all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params))
+  finally:
+    subprocess.run(['umount', str(disk)])

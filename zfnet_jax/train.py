@@ -7,6 +7,7 @@ every host with `--distributed` (TPU VMs, SLURM: auto-detected), or give `--coor
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import signal
@@ -146,33 +147,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   sums, n_sums = None, 0
   one_step_in_flight = steps.one_step_in_flight()
   try:
-    with PreemptionWatch() as preemption:
-      while step < num_steps:
-        state, metrics = train_fn(state, steps.global_batch(mesh, next(batches)))
-        if one_step_in_flight:
-          jax.block_until_ready(metrics)
-        step += 1
-        sums = metrics if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, metrics)
-        n_sums += 1
-        preempted = preemption.stop_now()
-        save_now = step % config.checkpoint_every_steps == 0 or step == num_steps or preempted
-        if step % config.log_every_steps == 0 or save_now:
-          log_train_metrics(writer, progress, step, num_steps, steps_per_epoch, sums, n_sums,
-                            float(schedule(step - 1)), mngr)
-          sums, n_sums = None, 0
-        if save_now:
-          checkpointing.save(mngr, step, state, arch)
-        if preempted:
-          mngr.wait_until_finished()
-          log(f'SIGTERM: saved a checkpoint at step {step}/{num_steps} and stopped. Run the same command '
-              f'again to resume.')
-          break
-        if step % eval_every == 0 or step == num_steps:
-          results = run_eval(step, record=True)
-          progress.restart(step)  # keep eval time out of the throughput figure
-  finally:  # also on errors: let the last good checkpoint finish writing
-    mngr.wait_until_finished()
-    mngr.close()
+    try:
+      with PreemptionWatch() as preemption:
+        while step < num_steps:
+          state, metrics = train_fn(state, steps.global_batch(mesh, next(batches)))
+          if one_step_in_flight:
+            jax.block_until_ready(metrics)
+          step += 1
+          sums = metrics if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, metrics)
+          n_sums += 1
+          preempted = preemption.stop_now()
+          save_now = step % config.checkpoint_every_steps == 0 or step == num_steps or preempted
+          if step % config.log_every_steps == 0 or save_now:
+            log_train_metrics(writer, progress, step, num_steps, steps_per_epoch, sums, n_sums,
+                              float(schedule(step - 1)), mngr)
+            sums, n_sums = None, 0
+          if save_now:
+            checkpointing.save(mngr, step, state, arch)
+          if preempted:
+            mngr.wait_until_finished()
+            log(f'SIGTERM: saved a checkpoint at step {step}/{num_steps} and stopped. Run the same command '
+                f'again to resume.')
+            break
+          if step % eval_every == 0 or step == num_steps:
+            results = run_eval(step, record=True)
+            progress.restart(step)  # keep eval time out of the throughput figure
+    finally:  # also on errors: let the last good checkpoint finish writing
+      mngr.wait_until_finished()
+      mngr.close()
+  except (OSError, ValueError) as e:
+    if 'No space left on device' not in str(e):
+      raise
+    raise OSError(errno.ENOSPC, f'the disk of {mngr.directory} filled up while saving a checkpoint; the '
+                  f'last complete one (step {mngr.latest_step()}) is intact. Free space and run the same '
+                  f'command again to resume from it.') from None
   return results if step == num_steps else {}
 
 
