@@ -22,7 +22,6 @@ import functools
 import json
 import resource
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
@@ -30,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from zfnet_jax import analysis, deconvnet, models, optim, receptive_field, steps
+from zfnet_jax import analysis, config_lib, deconvnet, models, optim, receptive_field, steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,4 +247,4 @@ def _define_flags() -> None:
 if __name__ == '__main__':
   from absl import app
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)
