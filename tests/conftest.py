@@ -12,9 +12,18 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_
                            + PATIENT_COLLECTIVES)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import functools  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from zfnet_jax import config_lib, input_pipeline  # noqa: E402
+from zfnet_jax import config_lib  # noqa: E402
+from zfnet_jax.data import sources  # noqa: E402
+from zfnet_jax.interpret import deconvnet  # noqa: E402
+from zfnet_jax.model import network  # noqa: E402
+from zfnet_jax.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,9 +36,9 @@ def config_path(name: str) -> str:
 def tfds_dir(tmp_path_factory):
   """A tfds data dir with the bundled digits prepared once for the session."""
   path = str(tmp_path_factory.mktemp('tfds'))
-  input_pipeline.hide_accelerators_from_tf()
+  sources.hide_accelerators_from_tf()
   config = config_lib.load(config_path('digits'), {'dataset.data_dir': path})
-  input_pipeline.get_builder(config.dataset)
+  sources.get_builder(config.dataset)
   return path
 
 
@@ -42,9 +51,48 @@ def digits_config(tfds_dir: str, **overrides):
 @pytest.fixture(scope='session')
 def trained_digits(tfds_dir, tmp_path_factory):
   """`(config, workdir)` of a short real digits run (4 epochs, ~45% test top-1) with a checkpoint."""
-  from zfnet_jax import train
   workdir = str(tmp_path_factory.mktemp('digits_run'))
   config = digits_config(tfds_dir, num_epochs=4, eval_every_epochs=4, log_every_steps=1000,
                          optim__schedule='constant', optim__warmup_epochs=0.0)
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   return config, workdir
+
+
+# Small nets with odd map sizes, so striding and pooling leave remainders: floor pooling (the seed's
+# layout; 99 -> 50 -> 24 -> 12 -> 5 -> 5 -> 2) and ceil pooling with the paper's paddings and LRN
+# (103 -> 50 -> 25 -> 11 -> 5 -> 5 -> 2, partial last windows).
+LAYOUTS = {
+    'floor': {'model.image_size': 99},
+    'ceil_lrn': {'model.image_size': 103, 'model.pool_mode': 'ceil', 'model.conv_paddings': (1, 0, 1, 1, 1),
+                 'model.lrn': True, 'model.lrn_position': 'before_pool', 'model.lrn_alpha': 0.5},
+}
+
+
+def random_params(model: network.ConvNet, seed: int = 0) -> dict:
+  """He-scaled normal weights and small random biases, drawn with NumPy (no init program to compile)."""
+  shapes = jax.eval_shape(functools.partial(network.init_params, model), jax.random.key(0))
+  rng = np.random.default_rng(seed)
+
+  def draw(leaf):
+    if len(leaf.shape) == 1:
+      return jnp.asarray(rng.normal(0, 0.1, leaf.shape), jnp.float32)
+    return jnp.asarray(rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape), jnp.float32)
+  return jax.tree_util.tree_map(draw, shapes)
+
+
+def small_config(layout: str, **overrides):
+  """The digits config with tiny layer widths and a `LAYOUTS` geometry; `overrides` are dotted fields."""
+  return config_lib.load(config_path('digits'), {
+      'model.conv_features': (8, 6, 8, 8, 6), 'model.fc_features': (16, 16), **LAYOUTS[layout], **overrides})
+
+
+def small_net(layout: str, **overrides) -> tuple[network.ConvNet, dict]:
+  """`(model, random params)` of `small_config(layout, **overrides)`."""
+  model = network.create_model(small_config(layout, **overrides))
+  return model, random_params(model)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def record(model, params, images):
+  """`deconvnet.record`, jitted once per model for the whole session."""
+  return deconvnet.record(model, params, images)

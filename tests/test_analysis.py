@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import config_path
-from test_deconvnet import _record, small_net
-from zfnet_jax import analysis, benchmark, config_lib, deconvnet, steps
+from conftest import config_path, record, small_net
+from zfnet_jax import benchmark, config_lib
+from zfnet_jax.interpret import correspondence, deconvnet, invariance, occlusion, topk
+from zfnet_jax.training import steps
 
 
 def _numpy_topk(acts: np.ndarray, mask: np.ndarray, k: int):
@@ -28,13 +29,13 @@ def test_streaming_topk_over_batches_equals_topk_over_the_whole_set():
   mask = np.ones(23, np.int32)
   mask[[3, 17]] = 0  # padding examples never count, however strong
   acts[3] += 100
-  update = jax.jit(analysis.topk_update)
+  update = jax.jit(topk.topk_update)
   expected = _numpy_topk(acts, mask, 9)
-  whole = update(analysis.topk_empty(7, 9), acts, np.arange(23), mask)
+  whole = update(topk.topk_empty(7, 9), acts, np.arange(23), mask)
   for got, want in zip(whole, expected):
     np.testing.assert_array_equal(got, want)
   for sizes in ([8, 8, 7], [1] * 23, [5, 18]):
-    state, seen = analysis.topk_empty(7, 9), 0
+    state, seen = topk.topk_empty(7, 9), 0
     for size in sizes:
       state = update(state, acts[seen:seen + size], np.arange(seen, seen + size), mask[seen:seen + size])
       seen += size
@@ -49,7 +50,7 @@ def test_stream_topk_merges_batches_sharded_over_devices_and_project_topk_projec
   mask = np.ones(24, np.int32)
   mask[-3:] = 0
   batches = [{'image': images[i:i + 8], 'mask': mask[i:i + 8]} for i in range(0, 24, 8)]
-  tops = analysis.stream_topk(model, params, batches, (2, 5), k=4, mesh=steps.make_mesh(jax.local_devices()))
+  tops = topk.stream_topk(model, params, batches, (2, 5), k=4, mesh=steps.make_mesh(jax.local_devices()))
   assert jax.local_device_count() == 8  # conftest: every batch is split over 8 devices
   _, state = jax.jit(lambda x: model.apply({'params': params}, x, mutable=['intermediates']))(images)
   for layer in (2, 5):
@@ -57,8 +58,8 @@ def test_stream_topk_merges_batches_sharded_over_devices_and_project_topk_projec
     for got, want in zip(tops[layer], expected):
       np.testing.assert_allclose(got, want, rtol=1e-6)
   channels = {2: np.asarray([0, 5]), 5: np.asarray([3])}
-  projections = analysis.project_topk(model, params, batches, tops, channels, chunk=4)
-  recording = _record(model, params, jnp.asarray(images))
+  projections = topk.project_topk(model, params, batches, tops, channels, chunk=4)
+  recording = record(model, params, jnp.asarray(images))
   for layer, result in projections.items():
     seeds = deconvnet.Seeds(*(jnp.asarray(np.ravel(f)) for f in result.top[1:2]),
                             jnp.asarray(np.repeat(channels[layer], 4), jnp.int32),
@@ -83,7 +84,7 @@ def test_occlusion_entries_equal_forward_passes_on_occluded_images(layout, size,
   model, params = small_net(layout)
   arch = model.arch
   image = jnp.asarray(np.random.default_rng(2).normal(size=(arch.image_size,) * 2 + (1,)), jnp.float32)
-  maps = jax.jit(functools.partial(analysis.occlusion, model, size=size, stride=stride, chunk=16,
+  maps = jax.jit(functools.partial(occlusion.occlusion, model, size=size, stride=stride, chunk=16,
                                    local_fraction=local_fraction))(params, image, 3)
   n = len(maps.rows)
   assert maps.activity.shape == (n, n) and maps.rows[-1] + size <= arch.image_size < maps.rows[-1] + size + stride
@@ -102,18 +103,18 @@ def test_occlusion_entries_equal_forward_passes_on_occluded_images(layout, size,
 def test_correspondence_measure():
   eps = jnp.asarray([[1.0, -2.0, 0.0, 3.0], [2.0, -1.0, 0.0, 1.0], [1.0, 1.0, 0.0, -1.0]])
   # pairs (0,1): 0 of 4 signs differ; (0,2) and (1,2): 2 of 4; mean over the 6 ordered pairs = 1/3
-  np.testing.assert_allclose(analysis.sign_disagreement(eps), (0 + 0.5 + 0.5) * 2 / 6)
+  np.testing.assert_allclose(correspondence.sign_disagreement(eps), (0 + 0.5 + 0.5) * 2 / 6)
   images = jnp.ones((2, 6, 5, 1))
-  masked = analysis.mask_boxes(images, jnp.asarray([[1, 2, 2, 3], [0, 0, 1, 1]]), fill=0.0)
+  masked = correspondence.mask_boxes(images, jnp.asarray([[1, 2, 2, 3], [0, 0, 1, 1]]), fill=0.0)
   assert masked[0, 1:3, 2:5].sum() == 0 and masked[0].sum() == 30 - 6 and masked[1].sum() == 30 - 1
-  boxes = analysis.random_boxes(np.random.default_rng(0), np.asarray([[1, 2, 4, 5]] * 50), 6)
+  boxes = correspondence.random_boxes(np.random.default_rng(0), np.asarray([[1, 2, 4, 5]] * 50), 6)
   assert np.all(boxes[:, 2:] == [4, 5]) and np.all(boxes[:, :2] >= 0) and np.all(boxes[:, :2] <= [2, 1])
   assert len({tuple(b) for b in boxes[:, :2]}) == 6  # every position inside the image occurs
 
 
 def test_invariance_transforms():
   image = jnp.asarray(np.random.default_rng(3).normal(size=(9, 9, 2)), jnp.float32)
-  transform = jax.jit(analysis.transform, static_argnums=1)
+  transform = jax.jit(invariance.transform, static_argnums=1)
   np.testing.assert_allclose(transform(image, 'translation', 2.0)[2:], image[:-2], atol=1e-6)
   assert not np.any(np.asarray(transform(image, 'translation', 2.0)[:2]))
   np.testing.assert_allclose(transform(image, 'scale', 1.0), image, atol=1e-6)

@@ -1,4 +1,4 @@
-"""The benchmark harness: every subcommand's JSON record, on the digits config; max-pool's fast gradient."""
+"""The benchmark harness: every subcommand's JSON record, on the digits config."""
 import json
 import os
 import re
@@ -6,12 +6,10 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from conftest import REPO, config_path
-from zfnet_jax import benchmark, config_lib, layers
+from zfnet_jax import benchmark, config_lib
 
 FIELDS = ('config', 'what', 'batch', 'devices', 'platform', 'dtype', 'images_per_s', 'step_time_s',
           'step_time_min_s', 'step_time_max_s', 'timed_steps', 'process_cpu_s_per_step', 'flops_per_step',
@@ -40,17 +38,3 @@ def test_command_line_prints_one_json_line_and_rejects_unknown_subcommands():
   assert json.loads(line)['batch'] == 4
   with pytest.raises(SystemExit, match=re.escape('usage: python -m zfnet_jax.benchmark train|infer')):
     benchmark.main(['benchmark', 'deconvolve'])
-
-
-def test_max_pool_gradient_goes_to_the_first_maximum_like_reduce_window():
-  """`layers.max_pool`'s custom derivative (the fast one) equals XLA's `reduce_window` gradient, ties included."""
-  x = jnp.asarray(np.random.default_rng(0).integers(-2, 3, size=(2, 9, 9, 3)), jnp.float32)  # many ties
-  g = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 4, 3)), jnp.float32)
-  reduce_window = lambda v: jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), 'VALID')
-  ours = jax.vjp(lambda v: layers.max_pool(v, 3, 2), x)[1](g)[0]
-  np.testing.assert_array_equal(ours, jax.vjp(reduce_window, x)[1](g)[0])
-  _, switches = layers.max_pool_with_switches(x, 3, 2)
-  np.testing.assert_allclose(ours, layers.unpool(g, switches, (9, 9), 3, 2), rtol=1e-6)
-  # forward mode too: with the input as its own tangent, the tangent is the pooled map itself
-  tangent = jax.jvp(lambda v: layers.max_pool(v, 3, 2, True), (x,), (x,))[1]
-  np.testing.assert_array_equal(tangent, layers.max_pool(x, 3, 2, True))

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from conftest import config_path, digits_config
-from zfnet_jax import checkpointing, config_lib, convert, models, train
+from zfnet_jax import config_lib, convert
+from zfnet_jax.model import network
+from zfnet_jax.training import checkpointing, loop
 
 # pytorchcv's names (imgclsmob, pytorch/pytorchcv/models/alexnet.py, which its zfnet.py also builds)
 PYTORCHCV_CONVS = {1: 'features.stage1.unit1.conv', 2: 'features.stage2.unit1.conv',
@@ -97,7 +99,7 @@ def test_imported_logits_equal_an_independent_pytorch_forward(name, suffix, tmp_
 
 
 def test_pytorchcv_key_names_and_shapes_at_full_size():
-  zfnet = convert.state_dict_shapes(models.Architecture.from_config(
+  zfnet = convert.state_dict_shapes(network.Architecture.from_config(
       config_lib.load(config_path('zfnet_paper')).model))
   assert zfnet == {
       'features.stage1.unit1.conv.weight': (96, 3, 7, 7), 'features.stage1.unit1.conv.bias': (96,),
@@ -110,7 +112,7 @@ def test_pytorchcv_key_names_and_shapes_at_full_size():
       'output.fc3.weight': (1000, 4096), 'output.fc3.bias': (1000,)}
   assert sum(np.prod(s) for s in zfnet.values()) == 62_357_608  # pytorchcv's zfnet weight count
   # pytorchcv's alexnet: conv1 padding 0 and ceil pooling (configs/alexnet.py is Krizhevsky's padding 2, floor)
-  alexnet = convert.state_dict_shapes(models.Architecture.from_config(config_lib.load(
+  alexnet = convert.state_dict_shapes(network.Architecture.from_config(config_lib.load(
       config_path('alexnet'), {'model.conv_paddings': (0, 2, 1, 1, 1), 'model.pool_mode': 'ceil'}).model))
   assert sum(np.prod(s) for s in alexnet.values()) == 62_378_344  # pytorchcv's alexnet weight count
 
@@ -122,7 +124,7 @@ def test_export_import_round_trip_is_exact(trained_digits, tmp_path):
   with safe_open(out, framework='np') as f:
     metadata = f.metadata()
   assert json.loads(metadata['config'])['model']['conv_features'] == list(config.model.conv_features)
-  assert json.loads(metadata['architecture']) == json.loads(json.dumps(models.create_model(config).arch.to_dict()))
+  assert json.loads(metadata['architecture']) == json.loads(json.dumps(network.create_model(config).arch.to_dict()))
   assert int(metadata['checkpoint_step']) == step > 0
   convert.import_weights(out, config, str(tmp_path / 'imported'))
   _, original, _ = checkpointing.load_params(config, workdir)
@@ -141,7 +143,7 @@ def test_training_fine_tunes_from_an_imported_checkpoint(trained_digits, tmp_pat
                        optim__filter_rms_radius=0.0)
   tuned = str(tmp_path / 'tuned')
   convert.import_weights(out, tune, tuned)
-  train.train_and_evaluate(tune, tuned)
+  loop.train_and_evaluate(tune, tuned)
   _, original, _ = checkpointing.load_params(config, workdir)
   _, after, after_step = checkpointing.load_params(tune, tuned)
   assert after_step == 2

@@ -1,5 +1,4 @@
 """evaluate: 10 crops average the ten single-crop softmaxes; 1 crop is training's evaluation; every example once."""
-import functools
 import json
 import os
 
@@ -8,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import digits_config
-from zfnet_jax import checkpointing, evaluate, input_pipeline, steps, train
+from zfnet_jax.data import preprocess, sources
+from zfnet_jax.training import checkpointing, evaluation, steps
 
 
 def ten_crops(square: np.ndarray, size: int) -> list[np.ndarray]:
@@ -20,18 +20,18 @@ def ten_crops(square: np.ndarray, size: int) -> list[np.ndarray]:
 
 def test_ten_crops_equal_the_mean_of_ten_single_crop_softmaxes(trained_digits):
   config, workdir = trained_digits
-  record = evaluate.evaluate(config, workdir, num_crops=10)
+  record = evaluation.evaluate_checkpoint(config, workdir, num_crops=10)
 
   model, params, step = checkpointing.load_params(config, workdir)
   size = config.model.image_size
   squares_config = digits_config(config.dataset.data_dir, model__image_size=config.input.resize_size)
   crops, labels = [], []
-  for ex in input_pipeline.load_split(config, config.dataset.eval_split).dataset:
-    square = input_pipeline.preprocess_eval(ex['image'], squares_config).numpy()
+  for ex in sources.load_split(config, config.dataset.eval_split).dataset:
+    square = preprocess.eval_image(ex['image'], squares_config).numpy()
     crops += ten_crops(square, size)
     labels.append(int(ex['label']))
     if len(labels) == 1:  # the square's centre crop is the ordinary evaluation input
-      np.testing.assert_allclose(crops[0], input_pipeline.preprocess_eval(ex['image'], config).numpy(), atol=1e-6)
+      np.testing.assert_allclose(crops[0], preprocess.eval_image(ex['image'], config).numpy(), atol=1e-6)
   forward = jax.jit(lambda x: model.apply({'params': params}, x))
   logits = np.concatenate([forward(np.stack(crops[i:i + 400])) for i in range(0, len(crops), 400)])
   logits = logits.astype(np.float64).reshape(len(labels), 10, -1)
@@ -52,16 +52,16 @@ def test_ten_crops_equal_the_mean_of_ten_single_crop_softmaxes(trained_digits):
 
 def test_one_crop_equals_training_evaluation_and_bad_modes_fail(trained_digits):
   config, workdir = trained_digits
-  record = evaluate.evaluate(config, workdir, num_crops=1)
+  record = evaluation.evaluate_checkpoint(config, workdir, num_crops=1)
   model, params, _ = checkpointing.load_params(config, workdir)
   params = jax.tree_util.tree_map(np.asarray, params)  # host arrays: jit places them beside the sharded batch
-  expected = train.evaluate(jax.jit(functools.partial(steps.eval_step, model=model)), params, config,
-                            steps.make_mesh())
+  mesh = steps.make_mesh()
+  expected = evaluation.evaluate(evaluation.jit_eval_step(mesh, model), params, config, mesh)
   assert record['crops'] == 1 and record['num_examples'] == expected['num_examples'] == 360
   assert record['top1'] == expected['top1'] and record['top5'] == expected['top5']
   assert record['loss'] == pytest.approx(expected['loss'], rel=1e-5)
   with pytest.raises(ValueError, match='must be one of'):
-    evaluate.evaluate(config, workdir, num_crops=5)
+    evaluation.evaluate_checkpoint(config, workdir, num_crops=5)
   odd = digits_config(config.dataset.data_dir, eval_batch_size=12)
   with pytest.raises(ValueError, match='multiple of the 8 devices: e.g. --config.eval_batch_size=8'):
-    evaluate.evaluate(odd, workdir)
+    evaluation.evaluate_checkpoint(odd, workdir)

@@ -5,17 +5,19 @@ import numpy as np
 import pytest
 
 from conftest import config_path
-from zfnet_jax import config_lib, layers, models, optim
+from zfnet_jax import config_lib
+from zfnet_jax.model import network
+from zfnet_jax.training import optim
 
 
 def layer_shapes(config):
   """Output shape of every layer, from an abstract forward pass of the real module (no compute)."""
-  model = models.create_model(config)
+  model = network.create_model(config)
   a = model.arch
   x = jax.ShapeDtypeStruct((2, a.image_size, a.image_size, a.in_channels), jnp.float32)
 
   def forward(x):
-    params = models.init_params(model, jax.random.key(0))
+    params = network.init_params(model, jax.random.key(0))
     logits, state = model.apply({'params': params}, x, mutable=['intermediates'])
     return params, logits, state['intermediates']
 
@@ -30,14 +32,14 @@ def layer_shapes(config):
 def test_zfnet_parameter_count_and_map_sizes(name, sizes):
   config = config_lib.load(config_path(name))
   params, logits, shapes = layer_shapes(config)
-  assert models.count_params(params) == 62_357_608
+  assert network.count_params(params) == 62_357_608
   assert logits.shape == (2, 1000)
   widths = (96, 256, 384, 384, 256)
   for n, (size, width) in enumerate(zip(sizes, widths), start=1):
     assert shapes[f'layer{n}'] == (size, size, width), n
   assert shapes['layer6'] == (4096,) and shapes['layer7'] == (4096,)
   conv_sizes = {'default': (112, 28), 'zfnet_paper': (110, 26)}[name]
-  arch = models.create_model(config).arch
+  arch = network.create_model(config).arch
   assert (arch.map_sizes()['conv1'][0], arch.map_sizes()['conv2'][0]) == conv_sizes
 
 
@@ -56,42 +58,14 @@ def test_alexnet_and_table3_ablations():
 
 def test_bad_model_configs_fail_clearly():
   with pytest.raises(ValueError, match='pool after conv2 does not fit its 2x2 map'):
-    models.create_model(config_lib.load(config_path('default'), {'model.image_size': 16}))
+    network.create_model(config_lib.load(config_path('default'), {'model.image_size': 16}))
   with pytest.raises(ValueError, match='conv1 .* shrinks its 4x4 input to nothing'):
-    models.create_model(config_lib.load(config_path('alexnet'), {'model.image_size': 4}))
+    network.create_model(config_lib.load(config_path('alexnet'), {'model.image_size': 4}))
   with pytest.raises(ValueError, match='remove_layers may name layers 3-7'):
-    models.create_model(config_lib.load(config_path('default'), {'model.remove_layers': (1,)}))
-  with pytest.raises(KeyError, match="unknown config field 'model.fc_featurs'"):
+    network.create_model(config_lib.load(config_path('default'), {'model.remove_layers': (1,)}))
+  with pytest.raises(config_lib.ConfigFieldError, match='unknown config field config.model.fc_featurs: did you mean '
+                     'config.model.fc_features'):
     config_lib.load(config_path('default'), {'model.fc_featurs': (1, 1)})
-
-
-def lrn_numpy(x, size, k, alpha, beta):
-  """Direct per-channel loop, PyTorch's formula."""
-  out = np.empty_like(x)
-  c = x.shape[-1]
-  for i in range(c):
-    lo, hi = max(0, i - size // 2), min(c, i + (size - 1) // 2 + 1)
-    s = np.sum(x[..., lo:hi] ** 2, axis=-1)
-    out[..., i] = x[..., i] / (k + alpha / size * s) ** beta
-  return out
-
-
-def test_local_response_norm_matches_direct_formula():
-  x = np.random.default_rng(0).normal(size=(2, 3, 4, 7)).astype(np.float32) * 30
-  got = layers.local_response_norm(jnp.asarray(x), 5, 2.0, 1e-4, 0.75)
-  np.testing.assert_allclose(got, lrn_numpy(x, 5, 2.0, 1e-4, 0.75), rtol=1e-5)
-
-
-@pytest.mark.parametrize('size, ceil', [(13, False), (13, True), (14, False), (14, True), (110, True)])
-def test_max_pool_matches_reduce_window(size, ceil):
-  x = jax.random.normal(jax.random.key(size), (2, size, size + 1, 3))
-  out = layers.max_pool(x, 3, 2, ceil)
-  expect_h = layers.pool_output_size(size, 3, 2, ceil)
-  expect_w = layers.pool_output_size(size + 1, 3, 2, ceil)
-  pad = [(0, 0)] + [(0, max(0, (o - 1) * 2 + 3 - n)) for o, n in ((expect_h, size), (expect_w, size + 1))] + [(0, 0)]
-  ref = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), pad)
-  assert out.shape == ref.shape == (2, expect_h, expect_w, 3)
-  np.testing.assert_array_equal(out, ref)
 
 
 def test_filter_rms_renormalisation():

@@ -3,17 +3,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zfnet_jax import checkpointing, input_pipeline, predict
+from zfnet_jax import predict
+from zfnet_jax.data import preprocess, sources
+from zfnet_jax.training import checkpointing
 
 
 def test_image_files_and_npy_inputs_give_the_checkpoints_logits(trained_digits, tmp_path):
   config, workdir = trained_digits
-  examples = list(input_pipeline.load_split(config, 'test').dataset.take(3))
+  examples = list(sources.load_split(config, 'test').dataset.take(3))
   paths = []
   for i, ex in enumerate(examples):
     paths.append(str(tmp_path / f'digit{i}.png'))
     Image.fromarray(ex['image'].numpy()[..., 0]).save(paths[-1])
-  preprocessed = input_pipeline.preprocess_eval(examples[0]['image'], config).numpy()
+  preprocessed = preprocess.eval_image(examples[0]['image'], config).numpy()
   np.save(tmp_path / 'digit0.npy', preprocessed)
   paths.append(str(tmp_path / 'digit0.npy'))
 
@@ -23,7 +25,7 @@ def test_image_files_and_npy_inputs_give_the_checkpoints_logits(trained_digits, 
   np.testing.assert_allclose(logits[0], model.apply({'params': params}, preprocessed[None])[0], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(logits[0], logits[3])  # the PNG, decoded and preprocessed, is the .npy input
 
-  names = predict.class_names(config)
+  names = sources.class_names(config)
   assert names == [str(d) for d in range(10)]
   lines = predict.top_k_lines(logits[1], names)
   probs = np.exp(logits[1] - logits[1].max()) / np.exp(logits[1] - logits[1].max()).sum()
@@ -35,9 +37,9 @@ def test_bad_inputs_fail_clearly(trained_digits, tmp_path):
   config, _ = trained_digits
   np.save(tmp_path / 'rgb.npy', np.zeros((64, 64, 3), np.float32))
   with pytest.raises(ValueError, match=r'a preprocessed input for this config is float32 \[64, 64, 1\]'):
-    input_pipeline.load_input(str(tmp_path / 'rgb.npy'), config)
+    preprocess.load_input(str(tmp_path / 'rgb.npy'), config)
   (tmp_path / 'notes.txt').write_text('not an image')
   with pytest.raises(ValueError, match='neither a .npy array nor an image file'):
-    input_pipeline.load_input(str(tmp_path / 'notes.txt'), config)
+    preprocess.load_input(str(tmp_path / 'notes.txt'), config)
   with pytest.raises(FileNotFoundError, match='no image file'):
-    input_pipeline.load_input(str(tmp_path / 'missing.png'), config)
+    preprocess.load_input(str(tmp_path / 'missing.png'), config)

@@ -20,7 +20,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import PATIENT_COLLECTIVES, REPO, config_path, digits_config
-from zfnet_jax import checkpointing, input_pipeline, steps
+from zfnet_jax import config_lib
+from zfnet_jax.data import pipeline, sources
+from zfnet_jax.training import checkpointing, loop, steps
 
 K = 6  # steps per leg; runs go to K and 2K
 
@@ -108,15 +110,15 @@ def test_two_hosts_equal_one_and_checkpoints_move_between_them(tfds_dir, referen
 
 def test_hosts_read_disjoint_parts_that_cover_the_split(tfds_dir):
   config = digits_config(tfds_dir)
-  whole = input_pipeline.load_split(config, 'train').dataset
+  whole = sources.load_split(config, 'train').dataset
   key = lambda ex: ex['image'].tobytes() + bytes([int(ex['label'])])
   everything = sorted(key(ex) for ex in whole.as_numpy_iterator())
-  parts = [[key(ex) for ex in input_pipeline.load_split(config, 'train', i, 3).dataset.as_numpy_iterator()]
+  parts = [[key(ex) for ex in sources.load_split(config, 'train', i, 3).dataset.as_numpy_iterator()]
            for i in range(3)]
   assert sum(map(len, parts)) == len(everything) == 1437
   assert sorted(sum(parts, [])) == everything
   # the batches of one host are built only from its own parts
-  host0, _ = input_pipeline.train_batches(digits_config(tfds_dir, batch_size=16, input__data_shards=4), 0, 0, 2)
+  host0, _ = pipeline.train_batches(digits_config(tfds_dir, batch_size=16, input__data_shards=4), 0, 0, 2)
   assert next(host0)['image'].shape[0] == 8
 
 
@@ -142,11 +144,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tfds_dir, reference, tmp
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tfds_dir, tmp_path):
-  from zfnet_jax import train
   config = digits_config(tfds_dir, num_train_steps=8, checkpoint_every_steps=2, log_every_steps=2,
                          optim__learning_rate=1e12, optim__filter_rms_radius=0.0)
   with pytest.raises(FloatingPointError, match=r'non-finite training loss between steps \d+ and \d+') as e:
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   good = checkpointing.manager(str(tmp_path)).latest_step()
   assert f'last good checkpoint (step {good})' in str(e.value)
   if good is not None:
@@ -158,7 +159,7 @@ def test_skip_nonfinite_leaves_the_state_unchanged(tfds_dir):
   from test_train import make_steps
   config = digits_config(tfds_dir, batch_size=16, skip_nonfinite_steps=True)
   _, mesh, (init, skip_step, _) = make_steps(config)
-  batch = next(input_pipeline.train_batches(config)[0])
+  batch = next(pipeline.train_batches(config)[0])
   batch['image'][0, 0, 0, 0] = np.nan
   state = init(jax.random.key(0))
   before = jax.tree_util.tree_map(np.asarray, state.params)
@@ -168,11 +169,10 @@ def test_skip_nonfinite_leaves_the_state_unchanged(tfds_dir):
 
 
 def test_bad_inputs_fail_clearly(tfds_dir, tmp_path):
-  from zfnet_jax import train
   with pytest.raises(ValueError, match='batch_size=12 must be a positive multiple of the 8 devices'):
-    train.train_and_evaluate(digits_config(tfds_dir, batch_size=12), str(tmp_path / 'a'))
+    loop.train_and_evaluate(digits_config(tfds_dir, batch_size=12), str(tmp_path / 'a'))
   with pytest.raises(ValueError, match='crops are larger than the 72px resized images'):
-    train.train_and_evaluate(digits_config(tfds_dir, model__image_size=80), str(tmp_path / 'b'))
+    loop.train_and_evaluate(digits_config(tfds_dir, model__image_size=80), str(tmp_path / 'b'))
   locked = tmp_path / 'locked'
   locked.mkdir()
   locked.chmod(0o500)
@@ -181,12 +181,11 @@ def test_bad_inputs_fail_clearly(tfds_dir, tmp_path):
     locked.write_text('')
     locked = locked / 'workdir'
   with pytest.raises(PermissionError, match='cannot write to --workdir'):
-    train.train_and_evaluate(digits_config(tfds_dir), str(locked))
+    loop.train_and_evaluate(digits_config(tfds_dir), str(locked))
 
 
 def test_corrupt_image_in_a_folder_dataset_is_named(tmp_path):
   from PIL import Image
-  from zfnet_jax import config_lib
   for split in ('train', 'test'):
     for label in ('a', 'b'):
       (tmp_path / split / label).mkdir(parents=True)
@@ -196,7 +195,7 @@ def test_corrupt_image_in_a_folder_dataset_is_named(tmp_path):
   bad.write_bytes(b'not an image at all')
   config = config_lib.load(config_path('digits'), {'dataset.name': f'folder:{tmp_path}', 'model.num_classes': 2,
                                                    'eval_batch_size': 8})
-  batches, _, n = input_pipeline.eval_batches(config)
+  batches, _, n = pipeline.eval_batches(config)
   assert n == 7
   with pytest.raises(tf.errors.InvalidArgumentError, match=f'corrupt or unreadable image file {bad}'):
     list(batches)
@@ -217,7 +216,6 @@ def test_tpu_vm_launcher_dry_run_prints_the_commands():
 
 
 def test_disk_filling_up_during_a_save_keeps_the_previous_checkpoint(tfds_dir, tmp_path):
-  from zfnet_jax import train
   disk = tmp_path / 'small_disk'
   disk.mkdir()
   # one digits checkpoint (parameters + momentum) is ~2.7 MB: the second does not fit in 4 MB
@@ -227,7 +225,7 @@ def test_disk_filling_up_during_a_save_keeps_the_previous_checkpoint(tfds_dir, t
     config = digits_config(tfds_dir, num_train_steps=6, checkpoint_every_steps=2, keep_checkpoints=5,
                            log_every_steps=2, eval_every_epochs=100)
     with pytest.raises(OSError, match=r'filled up while saving a checkpoint; the last complete one \(step 2\)'):
-      train.train_and_evaluate(config, str(disk / 'run'))
+      loop.train_and_evaluate(config, str(disk / 'run'))
     _, params, step = checkpointing.load_params(config, str(disk / 'run'))
     assert step == 2 and all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params))
   finally:

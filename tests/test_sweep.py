@@ -6,20 +6,21 @@ import shutil
 import pytest
 
 from conftest import config_path
-from zfnet_jax import sweep, train
+from zfnet_jax.experiments import sweep
+from zfnet_jax.training import loop
 
 
 @pytest.fixture
 def count_training(monkeypatch):
-  """The workdirs `train.train_and_evaluate` is called on, in order (it still trains)."""
+  """The workdirs `loop.train_and_evaluate` is called on, in order (it still trains)."""
   calls = []
-  real = train.train_and_evaluate
+  real = loop.train_and_evaluate
 
   def counted(config, workdir):
     calls.append(workdir)
     return real(config, workdir)
 
-  monkeypatch.setattr(train, 'train_and_evaluate', counted)
+  monkeypatch.setattr(loop, 'train_and_evaluate', counted)
   return calls
 
 

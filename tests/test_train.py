@@ -12,22 +12,26 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import REPO, config_path, digits_config
-from zfnet_jax import checkpointing, config_lib, input_pipeline, models, optim, steps, train
+from zfnet_jax import config_lib
+from zfnet_jax.data import pipeline, preprocess, sources
+from zfnet_jax.model import network
+from zfnet_jax.training import checkpointing, evaluation, loop, optim, steps
 
 
 def make_steps(config, devices=None, steps_per_epoch=10):
-  model = models.create_model(config)
+  model = network.create_model(config)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, 10 * steps_per_epoch)
   tx = optim.create_optimizer(config.optim, schedule)
   mesh = steps.make_mesh(devices)
-  return model, mesh, steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius,
-                                      config.skip_nonfinite_steps)
+  init, train = steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius,
+                                config.skip_nonfinite_steps)
+  return model, mesh, (init, train, evaluation.jit_eval_step(mesh, model))
 
 
 def test_one_train_step_of_default_zfnet_on_mock_imagenet(tmp_path):
   config = config_lib.load(config_path('default'), {'batch_size': 8, 'dataset.data_dir': str(tmp_path)})
   with tfds.testing.mock_data(num_examples=8):
-    batches, _ = input_pipeline.train_batches(config)
+    batches, _ = pipeline.train_batches(config)
     batch = next(batches)
   assert batch['image'].shape == (8, 224, 224, 3) and batch['label'].shape == (8,)
   model, mesh, (init, train_step, _) = make_steps(config, jax.devices()[:1])
@@ -43,7 +47,7 @@ def test_one_train_step_of_default_zfnet_on_mock_imagenet(tmp_path):
 
 def test_sharded_step_equals_single_device_step(tfds_dir):
   config = digits_config(tfds_dir, batch_size=16)
-  batches, _ = input_pipeline.train_batches(config)
+  batches, _ = pipeline.train_batches(config)
   host_batches = [next(batches) for _ in range(2)]
   finals = []
   for devices in (jax.devices()[:1], jax.devices()):
@@ -59,7 +63,7 @@ def test_sharded_step_equals_single_device_step(tfds_dir):
 def test_checkpoint_save_restore_is_identical_and_checks_architecture(tfds_dir, tmp_path):
   config = digits_config(tfds_dir, batch_size=16)
   model, mesh, (init, train_step, _) = make_steps(config)
-  batches, _ = input_pipeline.train_batches(config)
+  batches, _ = pipeline.train_batches(config)
   state, _ = train_step(init(jax.random.key(0)), steps.global_batch(mesh, next(batches)))
   mngr = checkpointing.manager(str(tmp_path))
   checkpointing.save(mngr, 1, state, model.arch)
@@ -77,10 +81,10 @@ def test_evaluation_counts_every_example_exactly_once(tfds_dir):
   config = digits_config(tfds_dir, eval_batch_size=64)  # 360 test examples = 5 x 64 + 40
   model, mesh, (init, _, eval_fn) = make_steps(config)
   params = init(jax.random.key(3)).params
-  got = train.evaluate(eval_fn, params, config, mesh)
+  got = evaluation.evaluate(eval_fn, params, config, mesh)
   # independent: every test image preprocessed on its own, one forward over the whole split
   ds = tfds.builder('sklearn_digits', data_dir=tfds_dir).as_dataset(split='test')
-  images, labels = zip(*[(input_pipeline.preprocess_eval(ex['image'], config).numpy(), int(ex['label']))
+  images, labels = zip(*[(preprocess.eval_image(ex['image'], config).numpy(), int(ex['label']))
                          for ex in ds])
   logits = np.asarray(model.apply({'params': params}, np.stack(images)))
   labels = np.asarray(labels)
@@ -95,9 +99,9 @@ def test_evaluation_counts_every_example_exactly_once(tfds_dir):
 
 def test_training_batches_are_a_function_of_the_step(tfds_dir):
   config = digits_config(tfds_dir)  # 22 steps per epoch: batch 27 of a fresh start is in epoch 2
-  from_start, spe = input_pipeline.train_batches(config, start_step=0)
+  from_start, spe = pipeline.train_batches(config, start_step=0)
   first = [next(from_start) for _ in range(27)]
-  resumed, _ = input_pipeline.train_batches(config, start_step=20)
+  resumed, _ = pipeline.train_batches(config, start_step=20)
   assert spe == 22
   for i in range(20, 27):
     b = next(resumed)
@@ -119,8 +123,8 @@ def test_learning_rate_schedules():
 
 def test_missing_imagenet_names_the_archives_and_the_command(tmp_path):
   config = config_lib.load(config_path('default'), {'dataset.data_dir': str(tmp_path)})
-  with pytest.raises(input_pipeline.DatasetNotFoundError) as e:
-    input_pipeline.get_builder(config.dataset)
+  with pytest.raises(sources.DatasetNotFoundError) as e:
+    sources.get_builder(config.dataset)
   msg = str(e.value)
   manual = os.path.join(str(tmp_path), 'downloads', 'manual')
   assert 'ILSVRC2012_img_train.tar' in msg and 'ILSVRC2012_img_val.tar' in msg and manual in msg
@@ -132,7 +136,7 @@ def test_unknown_config_field_on_the_command_line_fails_clearly(tmp_path):
                         '--workdir', str(tmp_path / 'run'), '--config.batch_sz=32'],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
-  assert 'unknown config field: batch_sz Did you mean "batch_size"' in out.stderr
+  assert 'unknown config field config.batch_sz: did you mean config.batch_size' in out.stderr
   assert not os.path.exists(tmp_path / 'run')
 
 
@@ -143,7 +147,7 @@ def test_digits_run_logs_and_resumes_instead_of_retraining(trained_digits):
   assert evals[-1]['step'] == 88 and evals[-1]['num_examples'] == 360
   assert {'loss', 'top1', 'top5'} <= set(evals[-1]) and evals[-1]['top1'] > 0.3
   assert glob.glob(os.path.join(workdir, 'tensorboard', 'train', 'events.out.tfevents.*'))
-  again = train.train_and_evaluate(config, workdir)
+  again = loop.train_and_evaluate(config, workdir)
   assert again['top1'] == pytest.approx(evals[-1]['top1'])
   records_after = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert [r for r in records_after if r['split'] == 'train'] == [r for r in records if r['split'] == 'train']

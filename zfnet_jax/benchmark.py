@@ -5,7 +5,7 @@ images/s, median step time (after warm-up and compilation), achieved FLOP/s (XLA
 compiled step divided by the step time), peak memory (the device's `memory_stats()` where it has them,
 else the process's maximum resident set), jax version and date. The data are synthetic arrays already
 on the devices, so only the step itself is timed. `train` times the jitted train step of
-`steps.jit_steps` (SGD with momentum, filter renormalisation, dropout); `infer` its eval step (forward
+`steps.jit_steps` (SGD with momentum, filter renormalisation, dropout); `infer` the eval step (forward
 pass, loss and top-k); `deconv` and `occlusion` the deconvnet's projections and Fig. 7's occlusion maps
 of one image. Results and how to read them: `docs/PERFORMANCE.md`.
 
@@ -29,7 +29,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from zfnet_jax import analysis, config_lib, deconvnet, models, optim, receptive_field, steps
+from zfnet_jax import config_lib
+from zfnet_jax.interpret import deconvnet, occlusion
+from zfnet_jax.model import network, receptive_field
+from zfnet_jax.training import evaluation, optim, steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,11 +122,11 @@ def record(options: Options, config: ml_collections.ConfigDict, what: str, batch
 def benchmark_train(config: ml_collections.ConfigDict, options: Options) -> list[dict[str, Any]]:
   """The jitted train step of `steps.jit_steps` (forward, backward, SGD momentum, filter renormalisation)."""
   mesh = steps.make_mesh()
-  model = models.create_model(config)
+  model = network.create_model(config)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch=1000, num_steps=1000 * config.num_epochs)
   tx = optim.create_optimizer(config.optim, schedule)
-  init_fn, train_fn, _ = steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius,
-                                         config.skip_nonfinite_steps)
+  init_fn, train_fn = steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius,
+                                      config.skip_nonfinite_steps)
   state = init_fn(jax.random.key(config.seed))
   batch = synthetic_batch(mesh, config, config.batch_size)
   batch = {k: batch[k] for k in ('image', 'label')}
@@ -141,13 +144,12 @@ def benchmark_train(config: ml_collections.ConfigDict, options: Options) -> list
 
 
 def benchmark_infer(config: ml_collections.ConfigDict, options: Options) -> list[dict[str, Any]]:
-  """The jitted eval step of `steps.jit_steps` (forward pass, loss, top-1/top-5), at `batch_size` like train."""
+  """The jitted eval step of `evaluation.jit_eval_step` (forward pass, loss, top-1/top-5), at `batch_size`."""
   mesh = steps.make_mesh()
-  model = models.create_model(config)
-  params = jax.jit(models.init_params, static_argnums=0)(model, jax.random.key(config.seed))
+  model = network.create_model(config)
+  params = jax.jit(network.init_params, static_argnums=0)(model, jax.random.key(config.seed))
   batch = synthetic_batch(mesh, config, config.batch_size)
-  _, _, eval_fn = steps.jit_steps(mesh, model, optim.create_optimizer(config.optim, 0.0), config.seed,
-                                  config.optim.filter_rms_radius)
+  eval_fn = evaluation.jit_eval_step(mesh, model)
   start = time.perf_counter()
   compiled = eval_fn.lower(params, batch).compile()
   compile_s = time.perf_counter() - start
@@ -168,9 +170,9 @@ def benchmark_deconv(config: ml_collections.ConfigDict, options: Options) -> lis
   (random weights). `batch` and `images_per_s` count projections; `projections_per_s` includes the
   shared forward pass (`forward_s`). XLA's cost analysis counts a `lax.map` body once, so FLOPs come from
   the same projection compiled (not run) as a single chunk."""
-  model = models.create_model(config)
+  model = network.create_model(config)
   arch = model.arch
-  params = jax.jit(models.init_params, static_argnums=0)(model, jax.random.key(config.seed))
+  params = jax.jit(network.init_params, static_argnums=0)(model, jax.random.key(config.seed))
   image = _synthetic_image(config)[None]
   forward = jax.jit(functools.partial(deconvnet.record, model)).lower(params, image).compile()
   forward_s = statistics.median(time_steps(lambda: jax.block_until_ready(forward(params, image)),
@@ -195,17 +197,17 @@ def benchmark_deconv(config: ml_collections.ConfigDict, options: Options) -> lis
 
 
 def benchmark_occlusion(config: ml_collections.ConfigDict, options: Options) -> list[dict[str, Any]]:
-  """`analysis.occlusion` of one image (random weights): a grey square of side image_size // 7 (32 px
+  """`occlusion.occlusion` of one image (random weights): a grey square of side image_size // 7 (32 px
   at 224) at stride side // 2, all three maps of Fig. 7; `batch` is one image, `positions` the squares.
   FLOPs as for `deconv`: from the computation compiled with all positions in one chunk."""
-  model = models.create_model(config)
-  params = jax.jit(models.init_params, static_argnums=0)(model, jax.random.key(config.seed))
+  model = network.create_model(config)
+  params = jax.jit(network.init_params, static_argnums=0)(model, jax.random.key(config.seed))
   image = _synthetic_image(config)
   size = max(1, config.model.image_size // 7)
   stride = max(1, size // 2)
   positions = len(range(0, config.model.image_size - size + 1, stride)) ** 2
   occlude = lambda chunk: jax.jit(  # noqa: E731
-      functools.partial(analysis.occlusion, model, size=size, stride=stride, chunk=chunk))
+      functools.partial(occlusion.occlusion, model, size=size, stride=stride, chunk=chunk))
   start = time.perf_counter()
   compiled = occlude(16).lower(params, image, 0).compile()
   compile_s = time.perf_counter() - start
@@ -236,12 +238,9 @@ def main(argv: list[str]) -> None:
 
 def _define_flags() -> None:
   from absl import flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file('config', None, 'A config file in configs/, e.g. configs/default.py.',
-                                  lock_config=True)
+  config_lib.define_config_flag('A config file in configs/, e.g. configs/default.py.')
   flags.DEFINE_integer('steps', Options.steps, 'Timed steps; the median step time is reported.')
   flags.DEFINE_integer('warmup', Options.warmup, 'Untimed steps after compilation.')
-  flags.mark_flag_as_required('config')
 
 
 if __name__ == '__main__':

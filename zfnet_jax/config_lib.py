@@ -7,13 +7,13 @@ From a notebook: `load('configs/digits.py', {'batch_size': 64})`.
 """
 from __future__ import annotations
 
-import importlib.util
+import difflib
 import os
-import re
 from typing import Any
 
 import ml_collections
-from ml_collections import config_dict
+from absl import flags
+from ml_collections import config_dict, config_flags
 
 
 def base() -> ml_collections.ConfigDict:
@@ -87,44 +87,66 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
+class ConfigFieldError(ValueError):
+  """An override names a field the config does not have; the message suggests the closest one."""
+
+
+def _unknown_field(keys: list[str], config: ml_collections.ConfigDict) -> ConfigFieldError:
+  """The error for overrides of which at least one names no field: the first such, and the closest names."""
+  for key in keys:
+    node, parts = config, key.split('.')
+    for depth, part in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(part, known, n=3)
+        prefix = 'config.' + '.'.join(parts[:depth] + [''])
+        hint = f'did you mean {" or ".join(prefix + c for c in close)}?' if close else f'the fields there are: {", ".join(known)}.'
+        return ConfigFieldError(f'unknown config field config.{key}: {hint} Every field is listed, with its default, '
+                                f'in zfnet_jax/config_lib.py (base); config files only change values.')
+      node = node[part]
+  return ConfigFieldError(f'a config override failed: {keys}')
+
+
+def define_config_flag(help_text: str, flag_values: flags.FlagValues = flags.FLAGS,
+                       argv: list[str] | None = None) -> flags.FlagHolder:
+  """The required `--config` flag (a config file) with `--config.FIELD=VALUE` overrides, locked."""
+  holder = config_flags.DEFINE_config_file('config', None, help_text, flag_values=flag_values, lock_config=True,
+                                           sys_argv=argv)
+  flags.mark_flag_as_required('config', flag_values=flag_values)
+  return holder
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """`flags_parser` for `absl.app.run`: a mistyped `--config.FIELD` exits with ml_collections' suggestion."""
+  try:
+    return flag_values(argv)
+  except (AttributeError, KeyError):  # ml_collections found a field the config lacks
+    keys = [a[len('--config.'):].split('=')[0] for a in argv if a.startswith('--config.')]
+    path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None) or argv[argv.index('--config') + 1]
+    config = from_args(path, [])
+    raise SystemExit(f'error: {_unknown_field(keys, config)}') from None
+
+
+def from_args(path: str, override_args: list[str]) -> ml_collections.ConfigDict:
+  """A config file with `--config.FIELD=VALUE` arguments, parsed exactly as `python -m zfnet_jax.train` does."""
+  argv = ['zfnet_jax', f'--config={path}', *override_args]
+  values = flags.FlagValues()
+  holder = define_config_flag('config file', values, argv)
+  parse_flags(argv, values)
+  return holder.value
+
+
 def load(path: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
-  """Loads `get_config()` from a config file and applies dotted overrides, e.g. `{'model.lrn': True}`."""
+  """A config file with dotted overrides, e.g. `load('configs/digits.py', {'model.lrn': True})` (notebooks).
+
+  The file is read by ml_collections as on the command line; overrides go through
+  `update_from_flattened_dict`, so a mistyped field is a `ConfigFieldError` suggesting the right name.
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(f'config file {path!r} does not exist (configs live in configs/, e.g. configs/digits.py)')
-  spec = importlib.util.spec_from_file_location('_zfnet_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in (overrides or {}).items():
-    parent, _, leaf = key.rpartition('.')
-    node = config
-    for part in filter(None, parent.split('.')):
-      node = node[part]
-    if leaf not in node:
-      raise KeyError(unknown_field_message(key, config))
-    node[leaf] = value
-  config.lock()
+  config = from_args(path, [])
+  try:
+    config.update_from_flattened_dict(dict(overrides or {}))
+  except (AttributeError, KeyError):
+    raise _unknown_field(list(overrides), config) from None
   return config
-
-
-def unknown_field_message(key: str, config: ml_collections.ConfigDict) -> str:
-  parent = key.rpartition('.')[0]
-  try:
-    node = config
-    for part in filter(None, parent.split('.')):
-      node = node[part]
-    known = ', '.join(sorted(node.keys()))
-  except (KeyError, AttributeError):
-    known = ', '.join(sorted(config.keys()))
-  return f'unknown config field {key!r}; the fields there are: {known}'
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """`flags_parser` for `absl.app.run`: a mistyped `--config.field` exits with a clear message, no traceback."""
-  from absl import flags
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:  # ml_collections' "Did you mean ..." for unknown fields
-    detail = re.sub(r"(\\n|[\\'\n])+", ' ', str(e)).strip()
-    raise SystemExit(f'error: unknown config field: {detail} Every field is listed, with its default, in '
-                     f'zfnet_jax/config_lib.py (base); config files only change values.') from None

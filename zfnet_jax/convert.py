@@ -31,7 +31,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from zfnet_jax import checkpointing, config_lib, models, optim, steps
+from zfnet_jax import config_lib
+from zfnet_jax.model import network
+from zfnet_jax.training import checkpointing, optim, steps
 
 TORCH_SUFFIXES = ('.pth', '.pt')
 SAFETENSORS_SUFFIX = '.safetensors'
@@ -46,7 +48,7 @@ class NotExpressibleError(ValueError):
   """The config's network has no state dict in pytorchcv's naming."""
 
 
-def layer_names(arch: models.Architecture) -> dict[str, str]:
+def layer_names(arch: network.Architecture) -> dict[str, str]:
   """pytorchcv's module name of each layer: `{'conv1': 'features.stage1.unit1.conv', ..., 'fc8': 'output.fc3'}`."""
   last = arch.convs[-1]
   if not last.pool:
@@ -68,7 +70,7 @@ def layer_names(arch: models.Architecture) -> dict[str, str]:
   return names
 
 
-def _last_map(arch: models.Architecture) -> tuple[int, int, int]:
+def _last_map(arch: network.Architecture) -> tuple[int, int, int]:
   """`(H, W, C)` of the last pooled map, the input of fc6."""
   size = arch.map_sizes()[arch.convs[-1].name][1]
   return size, size, arch.convs[-1].features
@@ -82,15 +84,15 @@ def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
   return tuple(reversed(flax_shape))
 
 
-def state_dict_shapes(arch: models.Architecture) -> dict[str, tuple[int, ...]]:
+def state_dict_shapes(arch: network.Architecture) -> dict[str, tuple[int, ...]]:
   """Every key of `arch`'s state dict in pytorchcv's naming, with its PyTorch shape."""
   names = layer_names(arch)
-  params = jax.eval_shape(functools.partial(models.init_params, models.ConvNet(arch)), jax.random.key(0))
+  params = jax.eval_shape(functools.partial(network.init_params, network.ConvNet(arch)), jax.random.key(0))
   return {f'{names[layer]}.{torch_leaf}': _torch_shape(params[layer][flax_leaf].shape)
           for layer in names for torch_leaf, flax_leaf in (('weight', 'kernel'), ('bias', 'bias'))}
 
 
-def to_state_dict(params: Any, arch: models.Architecture) -> dict[str, np.ndarray]:
+def to_state_dict(params: Any, arch: network.Architecture) -> dict[str, np.ndarray]:
   """Flax params -> float32 PyTorch-layout arrays in pytorchcv's naming."""
   h, w, c = _last_map(arch)
   out = {}
@@ -116,7 +118,7 @@ def _mismatches(tensors: Mapping[str, np.ndarray], expected: dict[str, tuple[int
   return problems
 
 
-def from_state_dict(tensors: Mapping[str, np.ndarray], arch: models.Architecture,
+def from_state_dict(tensors: Mapping[str, np.ndarray], arch: network.Architecture,
                     source: str = 'the state dict') -> dict[str, dict[str, np.ndarray]]:
   """PyTorch-layout arrays in pytorchcv's naming -> float32 Flax params for `arch`.
 
@@ -180,7 +182,7 @@ def _flat(arch: dict[str, Any]) -> dict[str, Any]:
   return flat
 
 
-def check_metadata(metadata: Mapping[str, str], arch: models.Architecture, path: str) -> None:
+def check_metadata(metadata: Mapping[str, str], arch: network.Architecture, path: str) -> None:
   """Raises `ArchitectureMismatchError` if a file exported here holds another architecture than `arch`."""
   if 'architecture' not in metadata:
     return
@@ -203,7 +205,7 @@ def import_weights(path: str, config: ml_collections.ConfigDict, workdir: str) -
   if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
     raise FileExistsError(f'{ckpt_dir} already holds checkpoints; nothing was imported. Import into a fresh '
                           f'--workdir (train, evaluate and predict read the latest checkpoint of a workdir).')
-  model = models.create_model(config)
+  model = network.create_model(config)
   tensors, metadata = read_state_dict(path)
   check_metadata(metadata, model.arch, path)
   params = from_state_dict(tensors, model.arch, path)
@@ -258,14 +260,12 @@ def main(argv: list[str]) -> None:
 
 def _define_flags() -> None:
   from absl import flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file('config', None, 'The config that describes the network, e.g. '
-                                  'configs/zfnet_paper.py for pytorchcv\'s zfnet.', lock_config=True)
+  config_lib.define_config_flag('The config that describes the network, e.g. '
+                                'configs/zfnet_paper.py for pytorchcv\'s zfnet.')
   flags.DEFINE_string('workdir', None, 'import: a fresh workdir to write the checkpoint to; export: the '
                       'workdir whose latest checkpoint is exported.', required=True)
   flags.DEFINE_string('from', None, 'import: the .pth/.pt or .safetensors file to read.')
   flags.DEFINE_string('out', None, 'export: the .safetensors file to write.')
-  flags.mark_flag_as_required('config')
 
 
 if __name__ == '__main__':

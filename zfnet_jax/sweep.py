@@ -6,7 +6,7 @@ A sweep config is an ordinary config file (`get_config()`) that also has `get_va
   python -m zfnet_jax.sweep --config configs/digits_ablations.py --workdir runs/ablations --seeds 0,1,2
 
 `--variants a,b` runs a subset; `--config.FIELD=VALUE` changes every variant (e.g. `--config.num_epochs=5`).
-Each run trains in `WORKDIR/VARIANT/seed_N` through `train.train_and_evaluate` and, when it is done,
+Each run trains in `WORKDIR/VARIANT/seed_N` through `loop.train_and_evaluate` and, when it is done,
 writes its row to `result.json` there. Re-running skips runs whose `result.json` was written by the
 same config (their checkpoints and metrics are reused) and resumes unfinished ones from their last
 checkpoint, so a sweep survives interruption. `WORKDIR` gets `results.csv` / `results.json` (one row per
@@ -19,189 +19,10 @@ resumed run counts only its last part) and `workdir`.
 """
 from __future__ import annotations
 
-import csv
-import functools
-import importlib.util
-import json
 import os
-import time
-from typing import Any, Sequence
 
-import jax
-import ml_collections
-import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
-from matplotlib.figure import Figure
-
-from zfnet_jax import checkpointing, config_lib, models, steps, train
-
-COLUMNS = ('variant', 'seed', 'train_top1', 'eval_top1', 'eval_top5', 'eval_loss', 'params', 'steps', 'seconds',
-           'workdir')
-RESULT_FILE = 'result.json'
-
-
-class SweepConfigError(ValueError):
-  """The sweep config has no variants, or a requested variant is not among them; the message says what to do."""
-
-
-def load_variants(config_path: str) -> dict[str, dict[str, Any]]:
-  """`get_variants()` of a sweep config file: `{variant name: {dotted field: value}}`."""
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f'config file {config_path!r} does not exist (e.g. configs/digits_ablations.py)')
-  spec = importlib.util.spec_from_file_location('_zfnet_sweep_config', config_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, 'get_variants'):
-    raise SweepConfigError(f'{config_path} has no get_variants(): a sweep config defines get_config() and '
-                           f"get_variants() -> {{name: {{'model.fc_features': (128, 128)}}, ...}} "
-                           f'(see configs/digits_ablations.py)')
-  return dict(module.get_variants())
-
-
-def run_config(config_path: str, overrides: dict[str, Any], variant: dict[str, Any],
-               seed: int) -> ml_collections.ConfigDict:
-  """The config of one run: the file's config, then the sweep-wide overrides, the variant's, the seed."""
-  return config_lib.load(config_path, {**overrides, **variant, 'seed': seed})
-
-
-def split_metrics(config: ml_collections.ConfigDict, workdir: str, split: str) -> tuple[dict[str, float], int, int]:
-  """`(metrics, params, step)`: loss/top-1/top-5 of the latest checkpoint over the whole `split`."""
-  model, params, step = checkpointing.load_params(config, workdir)
-  mesh = steps.make_mesh()
-  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model), in_shardings=(replicated, data),
-                    out_shardings=replicated)
-  metrics = train.evaluate(eval_fn, jax.device_put(params, replicated), config, mesh, split)
-  return metrics, models.count_params(params), step
-
-
-def read_result(run_dir: str, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
-  """The finished row in `run_dir`, or None if the run is unfinished or was made by another config."""
-  path = os.path.join(run_dir, RESULT_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    saved = json.load(f)
-  if saved['config'] != json.loads(config.to_json()):
-    train.log(f'{run_dir}: the config changed since {RESULT_FILE} was written; training again')
-    return None
-  return saved['row']
-
-
-def run_one(config: ml_collections.ConfigDict, run_dir: str, variant: str) -> dict[str, Any] | None:
-  """Trains (or resumes, or reuses) one run; returns its row, or None if SIGTERM stopped it early."""
-  row = read_result(run_dir, config)
-  if row is not None:
-    train.log(f'{variant} seed {config.seed}: finished before, reusing {run_dir}')
-    return row
-  train.log(f'{variant} seed {config.seed}: training in {run_dir}')
-  start = time.perf_counter()
-  final = train.train_and_evaluate(config, run_dir)
-  if not final:
-    return None
-  train_metrics, num_params, step = split_metrics(config, run_dir, config.dataset.train_split)
-  row = {'variant': variant, 'seed': int(config.seed), 'train_top1': train_metrics['top1'],
-         'eval_top1': final['top1'], 'eval_top5': final['top5'], 'eval_loss': final['loss'], 'params': num_params,
-         'steps': step, 'seconds': round(time.perf_counter() - start, 1), 'workdir': run_dir}
-  if jax.process_index() == 0:
-    with open(os.path.join(run_dir, RESULT_FILE), 'w') as f:
-      json.dump({'row': row, 'config': json.loads(config.to_json())}, f, indent=2)
-  return row
-
-
-def run(config_path: str, workdir: str, seeds: Sequence[int] = (0,), variants: Sequence[str] | None = None,
-        overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-  """Trains every (variant, seed) of the sweep config not yet finished; writes and returns the rows.
-
-  Args:
-    config_path: a sweep config file (`get_config()` and `get_variants()`).
-    workdir: runs go to `workdir/VARIANT/seed_N`; the tables and the plot to `workdir`.
-    seeds: `config.seed` of each run.
-    variants: names to run, in this order (default: all of `get_variants()`).
-    overrides: dotted fields applied to every variant before its own overrides.
-  """
-  all_variants = load_variants(config_path)
-  names = list(variants) if variants else list(all_variants)
-  unknown = [n for n in names if n not in all_variants]
-  if unknown:
-    raise SweepConfigError(f'unknown variant(s) {unknown} in {config_path}; it has: {", ".join(all_variants)}')
-  configs = {(n, s): run_config(config_path, overrides or {}, all_variants[n], s) for n in names for s in seeds}
-  rows = []
-  for (name, seed), config in configs.items():
-    row = run_one(config, os.path.join(workdir, name, f'seed_{seed}'), name)
-    if row is None:
-      train.log('Stopped by SIGTERM; run the same command again to finish the sweep.')
-      break
-    rows.append(row)
-  if jax.process_index() == 0 and rows:
-    write_results(rows, workdir)
-  return rows
-
-
-def summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Per variant, in first-seen order: number of seeds, and mean and standard deviation (ddof 0) of
-  `train_top1`, `eval_top1`, `eval_top5`, and `params`."""
-  out = []
-  for name in dict.fromkeys(r['variant'] for r in rows):
-    mine = [r for r in rows if r['variant'] == name]
-    entry = {'variant': name, 'seeds': len(mine), 'params': mine[0]['params']}
-    for key in ('train_top1', 'eval_top1', 'eval_top5'):
-      values = np.array([r[key] for r in mine])
-      entry[f'{key}_mean'], entry[f'{key}_std'] = float(values.mean()), float(values.std())
-    out.append(entry)
-  return out
-
-
-def write_results(rows: Sequence[dict[str, Any]], workdir: str) -> None:
-  """`results.csv`, `results.json`, `summary.csv` and `results.png` in `workdir`."""
-  os.makedirs(workdir, exist_ok=True)
-  write_csv(rows, os.path.join(workdir, 'results.csv'), COLUMNS)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(list(rows), f, indent=2)
-  table = summary(rows)
-  write_csv(table, os.path.join(workdir, 'summary.csv'), tuple(table[0]))
-  plot(rows, os.path.join(workdir, 'results.png'))
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: str, columns: Sequence[str]) -> None:
-  with open(path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction='ignore')
-    writer.writeheader()
-    writer.writerows(rows)
-
-
-def plot(rows: Sequence[dict[str, Any]], path: str | None = None, title: str = '') -> Figure:
-  """Top-1 error (%) per variant: each seed a dot, the mean a bar; eval split filled, train split hollow.
-  The error axis is linear up to 1% and logarithmic above.
-
-  Returns the figure (a notebook shows it inline); saves it to `path` if given.
-  """
-  table = summary(rows)
-  names = [t['variant'] for t in table]
-  fig = Figure(figsize=(1.2 * len(names) + 2, 3.5))
-  ax = fig.subplots()
-  x = np.arange(len(names))
-  ax.bar(x - 0.2, [100 * (1 - t['eval_top1_mean']) for t in table], 0.4, color='tab:blue', alpha=0.35,
-         label='eval top-1 error (mean)')
-  ax.bar(x + 0.2, [100 * (1 - t['train_top1_mean']) for t in table], 0.4, color='tab:orange', alpha=0.35,
-         label='train top-1 error (mean)')
-  for i, name in enumerate(names):
-    mine = [r for r in rows if r['variant'] == name]
-    ax.plot([i - 0.2] * len(mine), [100 * (1 - r['eval_top1']) for r in mine], 'o', color='tab:blue', ms=4)
-    ax.plot([i + 0.2] * len(mine), [100 * (1 - r['train_top1']) for r in mine], 'o', mfc='none',
-            color='tab:orange', ms=4)
-  ax.set_xticks(x, names, rotation=20, ha='right')
-  ax.set_yscale('symlog', linthresh=1.0)  # linear below 1%, logarithmic above: 0.5% and 90% both readable
-  ticks = [0, 0.5, 1, 2, 5, 10, 20, 50, 100]
-  ax.set_yticks(ticks, [f'{t:g}' for t in ticks])
-  ax.set_ylim(0, 100)
-  ax.set_ylabel('top-1 error (%)')
-  ax.set_title(title or f'{len(rows)} runs; dots: one seed each')
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  if path:
-    fig.savefig(path, dpi=120)
-  return fig
+from zfnet_jax import config_lib
+from zfnet_jax.experiments import sweep
 
 
 def main(argv: list[str]) -> None:
@@ -215,10 +36,10 @@ def main(argv: list[str]) -> None:
   overrides = config_flags.get_override_values(FLAGS['config'])
   seeds = [int(s) for s in FLAGS.seeds.split(',')]
   try:
-    rows = run(config_path, FLAGS.workdir, seeds, FLAGS.variants.split(',') if FLAGS.variants else None, overrides)
-  except SweepConfigError as e:
+    rows = sweep.run(config_path, FLAGS.workdir, seeds, FLAGS.variants.split(',') if FLAGS.variants else None, overrides)
+  except sweep.SweepConfigError as e:
     raise SystemExit(f'error: {e}') from None
-  for t in summary(rows):
+  for t in sweep.summary(rows):
     print(f'{t["variant"]:>16}: eval top-1 {100 * t["eval_top1_mean"]:.2f} +- {100 * t["eval_top1_std"]:.2f} %, '
           f'train top-1 {100 * t["train_top1_mean"]:.2f} %, {t["params"]:,} params ({t["seeds"]} seed(s))')
   print(f'-> {os.path.join(FLAGS.workdir, "results.csv")}, summary.csv, results.json, results.png')
@@ -226,14 +47,12 @@ def main(argv: list[str]) -> None:
 
 def _define_flags() -> None:
   from absl import flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file('config', None, 'A sweep config: get_config() and get_variants(), e.g. '
-                                  'configs/digits_ablations.py.', lock_config=True)
+  config_lib.define_config_flag('A sweep config: get_config() and get_variants(), e.g. '
+                                'configs/digits_ablations.py.')
   flags.DEFINE_string('workdir', None, 'Runs go to WORKDIR/VARIANT/seed_N; results.csv etc. to WORKDIR.',
                       required=True)
   flags.DEFINE_string('seeds', '0', 'Comma-separated config.seed values, e.g. 0,1,2.')
   flags.DEFINE_string('variants', '', 'Comma-separated variant names to run (default: all).')
-  flags.mark_flag_as_required('config')
 
 
 if __name__ == '__main__':

@@ -20,35 +20,25 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from zfnet_jax import analysis, checkpointing, deconvnet, input_pipeline, receptive_field
+from zfnet_jax import config_lib
+from zfnet_jax.data import pipeline, preprocess, sources
+from zfnet_jax.interpret import correspondence, deconvnet, figures, invariance, occlusion, topk
+from zfnet_jax.model import network, receptive_field
+from zfnet_jax.training import checkpointing
 
 
 # ------------------------------------------------------------------------------------------------ inputs
 
-def load_config(path: str, overrides: list[str]) -> ml_collections.ConfigDict:
-  """The config file with `--config.FIELD=VALUE` overrides, parsed exactly as `zfnet_jax.train` does."""
-  from absl import flags
-  from ml_collections import config_flags
-  values, argv = flags.FlagValues(), ['visualize', f'--config={path}', *overrides]
-  try:
-    config_flags.DEFINE_config_file('config', None, 'config file', flag_values=values, lock_config=True,
-                                    sys_argv=argv)
-    values(argv)
-  except (AttributeError, KeyError, flags.Error) as e:
-    raise SystemExit(f'error: {e}'.replace('\\n', ' ')) from None
-  return values.config
-
-
 def batches(config: ml_collections.ConfigDict, split: str, max_images: int | None) -> Iterator[dict[str, np.ndarray]]:
   """The split's evaluation batches (fixed order), with `mask` 0 from image `max_images` on."""
-  stream, _, _ = input_pipeline.eval_batches(config, split)
+  stream, _, _ = pipeline.eval_batches(config, split)
   seen = 0
   for batch in stream:
     if max_images is not None:
@@ -73,94 +63,21 @@ def split_images(config: ml_collections.ConfigDict, split: str, keep: Callable[[
   raise ValueError(f'split {split!r} has only {len(images)} of the {count} images asked for')
 
 
-def class_names(config: ml_collections.ConfigDict) -> list[str]:
-  names = input_pipeline.get_builder(config.dataset).info.features['label'].names
-  return [names[c] for c in config.dataset.classes] if config.dataset.classes else list(names)
-
-
-def to_display(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
-  """Network inputs `[..., C]` back to RGB pixels in [0, 1] (grey repeated to 3 channels)."""
-  channels = images.shape[-1]
-  mean = np.asarray(input_pipeline.IMAGENET_MEAN if channels == 3 else [np.mean(input_pipeline.IMAGENET_MEAN)])
-  std = np.asarray(input_pipeline.IMAGENET_STD if channels == 3 else [np.mean(input_pipeline.IMAGENET_STD)])
-  pixels = images * std + mean if config.input.normalization == 'mean_std' else images + mean
-  return _rgb(np.clip(pixels / 255.0, 0.0, 1.0))
-
-
-def reconstruction_display(recon: np.ndarray) -> np.ndarray:
-  """Reconstructions `[..., H, W, C]` to RGB in [0, 1], each scaled on its own: grey is zero."""
-  scale = np.abs(recon).max(axis=(-3, -2, -1), keepdims=True)
-  return _rgb(0.5 + recon / (2 * np.where(scale > 0, scale, 1.0)))
-
-
-def _rgb(x: np.ndarray) -> np.ndarray:
-  return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
-
-
-def mosaic(tiles: np.ndarray, columns: int, gap: int = 1, background: float = 1.0) -> np.ndarray:
-  """`[N, h, w, 3]` tiles -> one `[rows*(h+gap)-gap, columns*(w+gap)-gap, 3]` image, row by row."""
-  n, h, w, _ = tiles.shape
-  rows = -(-n // columns)
-  out = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), background, np.float32)
-  for i, tile in enumerate(tiles):
-    r, c = divmod(i, columns)
-    out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = tile
-  return out
-
-
-# ------------------------------------------------------------------------------------------------ output
-
-class Writer:
-  """Writes figures and arrays into the output folder and prints each path."""
-
-  def __init__(self, out: str):
-    self.out = out
-    os.makedirs(out, exist_ok=True)
-
-  def path(self, name: str) -> str:
-    path = os.path.join(self.out, name)
-    print(path)
-    return path
-
-  def arrays(self, name: str, **arrays: Any) -> None:
-    np.savez(self.path(name), **{k: np.asarray(v) for k, v in arrays.items()})
-
-  def figure(self, name: str, fig: Any) -> None:
-    fig.savefig(self.path(name), dpi=fig.dpi, bbox_inches='tight')
-    _pyplot().close(fig)
-
-
-def _pyplot():
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def _image_figure(image: np.ndarray, title: str, pixels_per_inch: float = 100.0):
-  """A figure showing an `[H, W, 3]` image at one figure pixel per image pixel (at least 4 inches wide)."""
-  plt = _pyplot()
-  h, w = image.shape[:2]
-  scale = max(1.0, 400.0 / w)
-  fig = plt.figure(figsize=(w * scale / pixels_per_inch, h * scale / pixels_per_inch + 0.4), dpi=pixels_per_inch)
-  ax = fig.add_axes((0, 0, 1, h * scale / (h * scale + 40)))
-  ax.imshow(image, interpolation='nearest')
-  ax.set_axis_off()
-  fig.suptitle(title, fontsize=10)
-  return fig, ax
-
-
 # ---------------------------------------------------------------------------------------------- commands
+
+def _names(config) -> list[str]:
+  return sources.class_names(config) or [str(c) for c in range(config.model.num_classes)]
+
 
 def _one_image(args, config) -> tuple[np.ndarray, int | None, str]:
   """`(image, label or None, description)` from `--image` or `--index` of the split."""
   if args.image:
-    return input_pipeline.load_input(args.image, config), None, os.path.basename(args.image)
+    return preprocess.load_input(args.image, config), None, os.path.basename(args.image)
   images, labels, _ = split_images(config, args.split, lambda i, _: i == args.index, 1)
   return images[0], int(labels[0]), f'{args.split} image {args.index}'
 
 
-def run_project(args, config, model, params, write: Writer) -> None:
+def run_project(args, config, model, params, write: figures.Writer) -> None:
   arch, layer = model.arch, args.layer
   if layer not in [c.layer for c in arch.convs]:
     raise ValueError(f'--layer must be a conv layer of this network, {[c.layer for c in arch.convs]}; got {layer}')
@@ -185,22 +102,22 @@ def run_project(args, config, model, params, write: Writer) -> None:
   top, left = int(proj.top[0]), int(proj.left[0])
   r = proj.patches.shape[1]
   box = receptive_field.receptive_field(arch, layer, y, x)
-  plt = _pyplot()
+  plt = figures.pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(10, 3.8))
-  axes[0].imshow(to_display(image, config))
+  axes[0].imshow(figures.to_display(image, config))
   axes[0].add_patch(plt.Rectangle((box[1] - 0.5, box[0] - 0.5), box[3] - box[1], box[2] - box[0], fill=False,
                                   edgecolor='red', linewidth=1.5))
   axes[0].set_title(f'{source}\nreceptive field (red)', fontsize=9)
-  axes[1].imshow(to_display(image[top:top + r, left:left + r], config), interpolation='nearest')
+  axes[1].imshow(figures.to_display(image[top:top + r, left:left + r], config), interpolation='nearest')
   axes[1].set_title('image patch', fontsize=9)
-  axes[2].imshow(reconstruction_display(recon[top:top + r, left:left + r]), interpolation='nearest')
+  axes[2].imshow(figures.reconstruction_display(recon[top:top + r, left:left + r]), interpolation='nearest')
   axes[2].set_title(f'projection of layer {layer}, map {channel}\nat ({y}, {x}), activation {value:.3g}', fontsize=9)
   for ax in axes:
     ax.set_axis_off()
   write.figure(name + '.png', fig)
 
 
-def choose_maps(top: analysis.TopK, count: int, rng: np.random.Generator) -> np.ndarray:
+def choose_maps(top: topk.TopK, count: int, rng: np.random.Generator) -> np.ndarray:
   """`count` feature maps (0: all), at random among those that fire at all, in index order."""
   value = np.asarray(top.value)[:, 0]
   if count <= 0 or count >= len(value):
@@ -210,67 +127,46 @@ def choose_maps(top: analysis.TopK, count: int, rng: np.random.Generator) -> np.
   return np.sort(np.concatenate([picked, dead[:count - len(picked)]]))
 
 
-def _topk_figure(result: analysis.TopKProjections, config, title: str):
-  """Fig. 2 for one layer: per feature map, its k reconstructions (left) beside their image patches (right)."""
-  m, k = result.top.value.shape
-  side = int(np.ceil(np.sqrt(k)))
-  zoom = max(1, 48 // result.patch.shape[2])  # small patches (low layers) enlarged to be visible
-  big = lambda tiles: tiles.repeat(zoom, axis=1).repeat(zoom, axis=2)  # noqa: E731
-  cells = [np.concatenate([mosaic(big(reconstruction_display(result.reconstruction[i])), side),
-                           np.ones((side * (result.patch.shape[2] * zoom + 1) - 1, 4, 3), np.float32),
-                           mosaic(big(to_display(result.patch[i], config)), side)], axis=1) for i in range(m)]
-  columns = int(np.ceil(np.sqrt(m)))
-  grid = mosaic(np.stack(cells), columns, gap=max(6, cells[0].shape[0] // 12))
-  fig, ax = _image_figure(grid, title)
-  h, w = cells[0].shape[:2]
-  gap = max(6, h // 12)
-  for i, channel in enumerate(result.channel):
-    r, c = divmod(i, columns)
-    ax.text(c * (w + gap), r * (h + gap), f'map {channel}', fontsize=7, color='yellow', va='top',
-            bbox={'facecolor': 'black', 'alpha': 0.6, 'pad': 1, 'linewidth': 0})
-  return fig
-
-
-def run_topk(args, config, model, params, write: Writer) -> None:
+def run_topk(args, config, model, params, write: figures.Writer) -> None:
   layer_numbers = _layers(args, model)
-  tops = analysis.stream_topk(model, params, batches(config, args.split, args.max_images), layer_numbers, k=args.k)
+  tops = topk.stream_topk(model, params, batches(config, args.split, args.max_images), layer_numbers, k=args.k)
   rng = np.random.default_rng(args.seed)
   channels = {n: choose_maps(tops[n], args.maps, rng) for n in layer_numbers}
-  results = analysis.project_topk(model, params, batches(config, args.split, args.max_images), tops, channels)
+  results = topk.project_topk(model, params, batches(config, args.split, args.max_images), tops, channels)
   for n, result in results.items():
     write.arrays(f'topk_layer{n}.npz', channel=result.channel, value=result.top.value, image=result.top.image,
                  y=result.top.y, x=result.top.x, reconstruction=result.reconstruction, patch=result.patch,
                  window=result.window, receptive_field=result.receptive_field,
                  all_value=tops[n].value, all_image=tops[n].image, all_y=tops[n].y, all_x=tops[n].x)
     size = receptive_field.nominal(model.arch, n)[0]
-    fig = _topk_figure(result, config, f'layer {n}: top {args.k} activations of {len(result.channel)} feature '
+    fig = figures.topk_figure(result, config, f'layer {n}: top {args.k} activations of {len(result.channel)} feature '
                                        f'maps over {args.split} (projection | image patch, {size} px field)')
     write.figure(f'topk_layer{n}.png', fig)
 
 
-def run_filters(args, config, model, params, write: Writer) -> None:
+def run_filters(args, config, model, params, write: figures.Writer) -> None:
   first = model.arch.convs[0]
   kernel = np.asarray(params[first.name]['kernel'])  # [k, k, C_in, F]
   np.save(write.path('filters_layer1.npy'), kernel)
-  tiles = reconstruction_display(np.moveaxis(kernel, -1, 0))  # each filter on its own scale, grey = 0
+  tiles = figures.reconstruction_display(np.moveaxis(kernel, -1, 0))  # each filter on its own scale, grey = 0
   zoom = max(1, 48 // first.kernel)
   tiles = tiles.repeat(zoom, axis=1).repeat(zoom, axis=2)
   rms = np.sqrt(np.mean(kernel ** 2, axis=(0, 1, 2)))
   dead = int(np.sum(rms < 0.05 * np.median(rms)))
-  grid = mosaic(tiles, int(np.ceil(np.sqrt(len(tiles)))), gap=2)
-  fig, _ = _image_figure(grid, f'layer-1 filters: {len(tiles)} of {first.kernel}x{first.kernel}, stride '
+  grid = figures.mosaic(tiles, int(np.ceil(np.sqrt(len(tiles)))), gap=2)
+  fig, _ = figures.image_figure(grid, f'layer-1 filters: {len(tiles)} of {first.kernel}x{first.kernel}, stride '
                                f'{first.stride} ({dead} with RMS below 5% of the median)')
   write.figure('filters_layer1.png', fig)
 
 
-def run_occlusion(args, config, model, params, write: Writer) -> None:
+def run_occlusion(args, config, model, params, write: figures.Writer) -> None:
   image, label, source = _one_image(args, config)
-  names = class_names(config)
-  probs, _ = jax.jit(analysis.features, static_argnums=0)(model, params, image[None])
-  label = args.label if args.label is not None else label if label is not None else int(np.argmax(probs[0]))
+  names = _names(config)
+  logits = jax.jit(network.forward, static_argnums=0)(model, params, image[None]).logits
+  label = args.label if args.label is not None else label if label is not None else int(np.argmax(logits[0]))
   size = args.size or max(1, model.arch.image_size // 7)
   stride = args.stride or max(1, size // 2)
-  occlude = jax.jit(analysis.occlusion, static_argnums=(0, 4, 5))
+  occlude = jax.jit(occlusion.occlusion, static_argnums=(0, 4, 5))
   maps = occlude(model, params, jnp.asarray(image), label, size, stride)
   feature, top_layer = int(maps.feature), model.arch.convs[-1].layer
   recording = jax.jit(deconvnet.record, static_argnums=0)(model, params, image[None])
@@ -280,12 +176,12 @@ def run_occlusion(args, config, model, params, write: Writer) -> None:
   write.arrays('occlusion.npz', activity=maps.activity, probability=maps.probability, top_class=maps.top_class,
                feature=feature, rows=maps.rows, cols=maps.cols, size=size, stride=stride, label=label,
                image=image, projection=recon[0])
-  plt = _pyplot()
+  plt = figures.pyplot()
   fig, axes = plt.subplots(1, 5, figsize=(20, 4.4))
   s = model.arch.image_size
   extent = (maps.cols[0] + size / 2 - stride / 2, maps.cols[-1] + size / 2 + stride / 2,
             maps.rows[-1] + size / 2 + stride / 2, maps.rows[0] + size / 2 - stride / 2)  # square centres
-  axes[0].imshow(to_display(image, config))
+  axes[0].imshow(figures.to_display(image, config))
   axes[0].add_patch(plt.Rectangle((-0.5, -0.5), size, size, color=(0.5, 0.5, 0.5), alpha=0.9))
   axes[0].set_title(f'(a) {source}, true class {names[label]}\ngrey square {size} px, stride {stride}', fontsize=9)
   panels = [(maps.activity, f'(b) total activity of layer-{top_layer} map {feature}', 'viridis'),
@@ -295,7 +191,7 @@ def run_occlusion(args, config, model, params, write: Writer) -> None:
     bar = fig.colorbar(shown, ax=ax, fraction=0.046)
     bar.formatter.set_useOffset(False)
     ax.set_title(title + '\nby square position', fontsize=9)
-  axes[2].imshow(reconstruction_display(np.asarray(recon[0])))
+  axes[2].imshow(figures.reconstruction_display(np.asarray(recon[0])))
   axes[2].set_title(f'(c) projection of map {feature}\'s strongest activation', fontsize=9)
   top_class = np.asarray(maps.top_class)
   present = np.unique(top_class)
@@ -316,25 +212,25 @@ def _image_set(args, config) -> tuple[np.ndarray, np.ndarray, list[str]]:
     labels = args.labels or [0] * len(args.images)
     if len(labels) != len(args.images):
       raise ValueError(f'--labels needs one label per image: {len(args.images)} images, {len(labels)} labels')
-    return np.stack([input_pipeline.load_input(p, config) for p in args.images]), np.asarray(labels), \
+    return np.stack([preprocess.load_input(p, config) for p in args.images]), np.asarray(labels), \
         [os.path.basename(p) for p in args.images]
   want = (lambda i, label: True) if args.label is None else (lambda i, label: label == args.label)
   images, labels, indices = split_images(config, args.split, want, args.count)
   return images, labels, [f'{args.split} {i}' for i in indices]
 
 
-def run_correspondence(args, config, model, params, write: Writer) -> None:
+def run_correspondence(args, config, model, params, write: figures.Writer) -> None:
   images, _, sources = _image_set(args, config)
   boxes = np.asarray(args.box * (len(images) if len(args.box) == 1 else 1))
   if boxes.shape != (len(images), 4):
     raise ValueError(f'give one --box T,L,H,W for all images or one per image ({len(images)}), got {len(args.box)}')
-  measure = jax.jit(analysis.correspondence, static_argnums=(0, 4))
+  measure = jax.jit(correspondence.correspondence, static_argnums=(0, 4))
   layer_numbers = (5, 7)
   part = {n: float(v) for n, v in measure(model, params, images, boxes, layer_numbers).items()}
   rng = np.random.default_rng(args.seed)
   random = {n: [] for n in layer_numbers}
   for _ in range(args.random_draws):
-    for n, v in measure(model, params, images, analysis.random_boxes(rng, boxes, model.arch.image_size),
+    for n, v in measure(model, params, images, correspondence.random_boxes(rng, boxes, model.arch.image_size),
                         layer_numbers).items():
       random[n].append(float(v))
   write.arrays('correspondence.npz', boxes=boxes, images=images, **{f'delta_layer{n}': part[n] for n in part},
@@ -342,11 +238,11 @@ def run_correspondence(args, config, model, params, write: Writer) -> None:
   print('layer  Delta(masked part)  Delta(random masks, mean +- std over %d draws)' % args.random_draws)
   for n in layer_numbers:
     print(f'{n:5d}  {part[n]:18.4f}  {np.mean(random[n]):.4f} +- {np.std(random[n]):.4f}')
-  plt = _pyplot()
+  plt = figures.pyplot()
   fig, axes = plt.subplots(1, len(images) + 1, figsize=(2.4 * (len(images) + 1), 2.8))
-  masked = analysis.mask_boxes(jnp.asarray(images), jnp.asarray(boxes))
+  masked = correspondence.mask_boxes(jnp.asarray(images), jnp.asarray(boxes))
   for ax, image, source in zip(axes, np.asarray(masked), sources):
-    ax.imshow(to_display(image, config))
+    ax.imshow(figures.to_display(image, config))
     ax.set_title(source, fontsize=8)
     ax.set_axis_off()
   x = np.arange(len(layer_numbers))
@@ -359,22 +255,22 @@ def run_correspondence(args, config, model, params, write: Writer) -> None:
   write.figure('correspondence.png', fig)
 
 
-def run_invariance(args, config, model, params, write: Writer) -> None:
+def run_invariance(args, config, model, params, write: figures.Writer) -> None:
   images, labels, sources = _image_set(args, config)
   s = model.arch.image_size
   amounts = {'translation': np.linspace(-0.27 * s, 0.27 * s, 13), 'scale': np.linspace(1.0, 1.8, 9),
              'rotation': np.arange(0.0, 361.0, 10.0)}
-  curve = jax.jit(analysis.invariance, static_argnums=(0, 4))
+  curve = jax.jit(invariance.invariance, static_argnums=(0, 4))
   results = {kind: {k: np.asarray(v) for k, v in curve(model, params, images, labels, kind,
                                                         jnp.asarray(amounts[kind], jnp.float32)).items()}
-             for kind in analysis.TRANSFORMS}
+             for kind in invariance.TRANSFORMS}
   write.arrays('invariance.npz', labels=labels, **{f'{kind}_amount': amounts[kind] for kind in results},
                **{f'{kind}_{k}': v for kind, r in results.items() for k, v in r.items()})
-  plt = _pyplot()
+  plt = figures.pyplot()
   fig, axes = plt.subplots(3, 3, figsize=(12, 10))
   units = {'translation': 'vertical shift (pixels)', 'scale': 'scale (ratio)', 'rotation': 'rotation (degrees)'}
-  names = class_names(config)
-  for row, kind in enumerate(analysis.TRANSFORMS):
+  names = _names(config)
+  for row, kind in enumerate(invariance.TRANSFORMS):
     for col, (key, ylabel) in enumerate((('layer1', 'layer-1 distance'), ('layer7', 'layer-7 distance'),
                                          ('probability', 'p(true class)'))):
       ax = axes[row, col]
@@ -389,7 +285,7 @@ def run_invariance(args, config, model, params, write: Writer) -> None:
   write.figure('invariance.png', fig)
 
 
-def run_evolution(args, config, model, params, write: Writer) -> None:
+def run_evolution(args, config, model, params, write: figures.Writer) -> None:
   mngr = checkpointing.manager(args.workdir)
   checkpoints = list(mngr.all_steps())
   mngr.close()
@@ -397,27 +293,27 @@ def run_evolution(args, config, model, params, write: Writer) -> None:
   results = []
   for step in checkpoints:
     _, step_params, _ = checkpointing.load_params(config, args.workdir, step)
-    tops = analysis.stream_topk(model, step_params, batches(config, args.split, args.max_images), layer_numbers, k=1)
+    tops = topk.stream_topk(model, step_params, batches(config, args.split, args.max_images), layer_numbers, k=1)
     if not results:  # the same maps at every checkpoint: chosen among those alive at the last one
       _, last_params, _ = checkpointing.load_params(config, args.workdir, checkpoints[-1])
-      last = tops if len(checkpoints) == 1 else analysis.stream_topk(
+      last = tops if len(checkpoints) == 1 else topk.stream_topk(
           model, last_params, batches(config, args.split, args.max_images), layer_numbers, k=1)
       rng = np.random.default_rng(args.seed)
       channels = {n: choose_maps(last[n], args.maps, rng) for n in layer_numbers}
-    results.append(analysis.project_topk(model, step_params, batches(config, args.split, args.max_images), tops,
+    results.append(topk.project_topk(model, step_params, batches(config, args.split, args.max_images), tops,
                                          channels))
   write.arrays('evolution.npz', steps=np.asarray(checkpoints),
                **{f'layer{n}_channel': channels[n] for n in layer_numbers},
                **{f'layer{n}_value': np.stack([r[n].top.value[:, 0] for r in results]) for n in layer_numbers},
                **{f'layer{n}_reconstruction': np.stack([r[n].reconstruction[:, 0] for r in results])
                   for n in layer_numbers})
-  plt = _pyplot()
+  plt = figures.pyplot()
   rows = max(len(channels[n]) for n in layer_numbers)
   fig, axes = plt.subplots(1, len(layer_numbers), figsize=(0.9 * len(checkpoints) * len(layer_numbers) + 1.5,
                                                           0.9 * rows + 1.2), squeeze=False, layout='constrained')
   for ax, n in zip(axes[0], layer_numbers):
-    tiles = np.stack([reconstruction_display(r[n].reconstruction[:, 0]) for r in results], axis=1)  # [M, T, ...]
-    ax.imshow(mosaic(tiles.reshape(-1, *tiles.shape[2:]), len(checkpoints), gap=max(1, tiles.shape[2] // 16)),
+    tiles = np.stack([figures.reconstruction_display(r[n].reconstruction[:, 0]) for r in results], axis=1)  # [M, T, ...]
+    ax.imshow(figures.mosaic(tiles.reshape(-1, *tiles.shape[2:]), len(checkpoints), gap=max(1, tiles.shape[2] // 16)),
               interpolation='nearest')
     size = tiles.shape[2] + max(1, tiles.shape[2] // 16)
     ax.set_yticks(np.arange(len(channels[n])) * size + size / 2, [f'map {c}' for c in channels[n]], fontsize=7)
@@ -498,11 +394,11 @@ def main(argv: list[str]) -> None:
   unknown = [a for a in rest if not a.startswith('--config.')]
   if unknown:
     parser.error(f'unrecognised arguments: {" ".join(unknown)} (config fields go as --config.FIELD=VALUE)')
-  config = load_config(args.config, rest)
+  config = config_lib.from_args(args.config, rest)
   args.split = args.split or config.dataset.eval_split
-  input_pipeline.hide_accelerators_from_tf()
+  sources.hide_accelerators_from_tf()
   model, params, _ = checkpointing.load_params(config, args.workdir, args.step)
-  write = Writer(args.out or os.path.join(args.workdir, 'visualize', args.command))
+  write = figures.Writer(args.out or os.path.join(args.workdir, 'visualize', args.command))
   COMMAND_FUNCTIONS[args.command](args, config, model, params, write)
 
 

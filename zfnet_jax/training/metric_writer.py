@@ -5,7 +5,14 @@ import json
 import os
 import time
 
+import jax
 import tensorflow as tf
+
+
+def log(msg: str) -> None:
+  """Prints `msg` on process 0 only (every process runs the same code)."""
+  if jax.process_index() == 0:
+    print(msg, flush=True)
 
 
 class MetricWriter:

@@ -1,10 +1,13 @@
-"""Property-based tests (hypothesis) of the layers on random shapes, windows, strides and paddings."""
+"""The layers: max-pool (with switches) against XLA's reduce_window, unpooling, the pool's gradient, LRN.
+
+Property-based (hypothesis) over random shapes, windows, strides and ceil/floor modes.
+"""
 import jax
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from zfnet_jax import layers, models, receptive_field
+from zfnet_jax.model import layers
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
@@ -48,6 +51,13 @@ def test_pooling_with_switches_and_unpooling(case):
   up = np.asarray(layers.unpool(jnp.asarray(seed), switches, x.shape[1:3], window, stride, ceil))
   dy, dx = divmod(int(switches[1, ho - 1, wo - 1, 2]), window)
   assert up[1, (ho - 1) * stride + dy, (wo - 1) * stride + dx, 2] == 5.0 and np.count_nonzero(up) == 1
+  # unpooling ones counts, at every input, the windows whose switch chose it (overlapping windows add)
+  chosen = np.zeros(x.shape, np.float32)
+  for i, oy, ox, ch in np.ndindex(b, ho, wo, c):
+    dy, dx = divmod(int(switches[i, oy, ox, ch]), window)
+    chosen[i, oy * stride + dy, ox * stride + dx, ch] += 1.0
+  counted = layers.unpool(jnp.ones_like(jnp.asarray(expected)), switches, x.shape[1:3], window, stride, ceil)
+  np.testing.assert_array_equal(counted, chosen)
 
 
 @SETTINGS
@@ -63,46 +73,15 @@ def test_local_response_norm_matches_the_formula(size, k, alpha, beta, channels,
                              rtol=2e-5, atol=1e-6)
 
 
-@st.composite
-def architectures(draw):
-  """Two conv stages, each optionally pooled; strides at most the kernel (no unread gaps, as in real nets)."""
-  convs = []
-  for layer in (1, 2):
-    kernel = draw(st.integers(1, 5))
-    convs.append(models.ConvSpec(layer=layer, features=2, kernel=kernel, stride=draw(st.integers(1, min(3, kernel))),
-                                 padding=draw(st.integers(0, kernel - 1)), pool=draw(st.booleans()), lrn=False))
-  arch = models.Architecture(convs=tuple(convs), fcs=(), num_classes=2, image_size=draw(st.integers(11, 19)),
-                             in_channels=1, pool_window=draw(st.integers(2, 3)), pool_stride=2,
-                             pool_ceil=draw(st.booleans()))
-  try:
-    arch.map_sizes()
-  except ValueError:
-    st.assume(False)
-  return arch
-
-
-@settings(max_examples=12, deadline=None, derandomize=True)
-@given(architectures())
-def test_receptive_fields_match_perturbing_each_pixel(arch):
-  """With positive weights and inputs, a large enough bump of a pixel changes exactly the units that see it."""
-  model = models.ConvNet(arch)
-  params = jax.tree_util.tree_map(lambda p: jnp.abs(p) + 0.1, models.init_params(model, jax.random.key(0)))
-  n = arch.image_size
-  base = np.random.default_rng(0).uniform(0.1, 1.0, size=(n, n, 1)).astype(np.float32)
-  bumped = np.repeat(base[None], n * n, axis=0)
-  bumped[np.arange(n * n), np.arange(n * n) // n, np.arange(n * n) % n, 0] += 1e3
-  images = np.concatenate([base[None], bumped])
-
-  @jax.jit
-  def top_layer(x):
-    return model.apply({'params': params}, x, mutable=['intermediates'])[1]['intermediates']['layer2'][0]
-
-  out = np.asarray(top_layer(images))[..., 0]
-  changed = out[1:] != out[:1]  # [pixel, y, x]
-  size = out.shape[1]
-  ys, xs = np.meshgrid(np.arange(size), np.arange(size), indexing='ij')
-  top, left, bottom, right = receptive_field.receptive_field(arch, 2, ys, xs)
-  py, px = np.arange(n * n) // n, np.arange(n * n) % n
-  inside = ((py[:, None, None] >= top) & (py[:, None, None] < bottom)
-            & (px[:, None, None] >= left) & (px[:, None, None] < right))
-  np.testing.assert_array_equal(changed, inside)
+def test_max_pool_gradient_goes_to_the_first_maximum_like_reduce_window():
+  """`layers.max_pool`'s custom derivative (the fast one) equals XLA's `reduce_window` gradient, ties included."""
+  x = jnp.asarray(np.random.default_rng(0).integers(-2, 3, size=(2, 9, 9, 3)), jnp.float32)  # many ties
+  g = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 4, 3)), jnp.float32)
+  reduce_window = lambda v: jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), 'VALID')
+  ours = jax.vjp(lambda v: layers.max_pool(v, 3, 2), x)[1](g)[0]
+  np.testing.assert_array_equal(ours, jax.vjp(reduce_window, x)[1](g)[0])
+  _, switches = layers.max_pool_with_switches(x, 3, 2)
+  np.testing.assert_allclose(ours, layers.unpool(g, switches, (9, 9), 3, 2), rtol=1e-6)
+  # forward mode too: with the input as its own tangent, the tangent is the pooled map itself
+  tangent = jax.jvp(lambda v: layers.max_pool(v, 3, 2, True), (x,), (x,))[1]
+  np.testing.assert_array_equal(tangent, layers.max_pool(x, 3, 2, True))

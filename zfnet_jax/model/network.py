@@ -8,14 +8,14 @@ Flax module; `Architecture` is also what the deconvnet and the receptive-field c
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from zfnet_jax import layers
+from zfnet_jax.model import layers
 
 CONV_LAYERS = (1, 2, 3, 4, 5)
 FC_LAYERS = (6, 7)
@@ -174,6 +174,23 @@ class ConvNet(nn.Module):
   def _lrn(self, x: jax.Array) -> jax.Array:
     a = self.arch
     return layers.local_response_norm(x, a.lrn_size, a.lrn_k, a.lrn_alpha, a.lrn_beta)
+
+
+class Forward(NamedTuple):
+  """One forward pass (evaluation mode) with what the analyses read."""
+  logits: jax.Array  # [B, num_classes] float32
+  layers: dict[str, jax.Array]  # 'layer1'.. conv layers [B, H, W, C] (after ReLU, pool, LRN); fc 'layer6', 'layer7' [B, F]
+  switches: dict[str, jax.Array]  # with record=True: 'pool{n}' int32 [B, Ho, Wo, C] max-pool switches; else {}
+
+
+def forward(model: ConvNet, params: Any, images: jax.Array, record: bool = False) -> Forward:
+  """`[B, H, W, C]` images through `model` in evaluation mode, keeping every layer's output (and, with
+  `record`, the max-pool switches the deconvnet unpools through). The layers present are those of
+  `model.arch`: an ablation without layers 6 and 7 has no 'layer6' or 'layer7'."""
+  collections = ['intermediates', 'switches'] if record else ['intermediates']
+  logits, state = model.apply({'params': params}, images, record=record, mutable=collections)
+  layers_out = {k: v[0] for k, v in state['intermediates'].items() if k.startswith('layer')}
+  return Forward(logits, layers_out, {k: v[0] for k, v in state.get('switches', {}).items()})
 
 
 def create_model(config: ml_collections.ConfigDict) -> ConvNet:

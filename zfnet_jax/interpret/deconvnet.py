@@ -27,17 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zfnet_jax import layers, models, receptive_field
-from zfnet_jax.receptive_field import Step
+from zfnet_jax.model import layers, network, receptive_field
+from zfnet_jax.model.receptive_field import Step
 
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 
-class Recording(NamedTuple):
-  """One forward pass, kept for the way down."""
-  logits: jax.Array  # [B, num_classes]
-  layers: dict[str, jax.Array]  # 'layer1'..'layer5': [B, H, W, C]; 'layer6', 'layer7': [B, F]
-  switches: dict[str, jax.Array]  # 'pool1', 'pool2', 'pool5' (pooled layers): int32 [B, Ho, Wo, C]
+Recording = network.Forward  # one forward pass with `record=True`: logits, layer outputs, switches
 
 
 class Seeds(NamedTuple):
@@ -56,11 +52,9 @@ class Projection(NamedTuple):
   left: jax.Array  # int32 [S]
 
 
-def record(model: models.ConvNet, params: Any, images: jax.Array) -> Recording:
+def record(model: network.ConvNet, params: Any, images: jax.Array) -> Recording:
   """Runs `model` on `[B, H, W, C]` images, keeping every layer's output and the switches."""
-  logits, state = model.apply({'params': params}, images, record=True, mutable=['intermediates', 'switches'])
-  outputs = {k: v[0] for k, v in state['intermediates'].items() if k.startswith('layer')}
-  return Recording(logits, outputs, {k: v[0] for k, v in state['switches'].items()})
+  return network.forward(model, params, images, record=True)
 
 
 def strongest(recording: Recording, layer: int, image: int = 0) -> Seeds:
@@ -83,7 +77,7 @@ class _Move:
 
 
 @functools.lru_cache(maxsize=None)
-def _moves(arch: models.Architecture, layer: int) -> tuple[_Move, ...]:
+def _moves(arch: network.Architecture, layer: int) -> tuple[_Move, ...]:
   """The static plan for seeds of `layer`, worked out for every possible seed position at once."""
   start, size, moves = np.arange(receptive_field.layer_size(arch, layer)), 1, []
   for step in receptive_field.steps_down(arch, layer):
@@ -140,7 +134,7 @@ def _filter_down_by_phases(x: jax.Array, kernel: jax.Array, stride: int) -> jax.
   return jnp.stack(phases, axis=2).reshape(b, rows * s, rows * s, -1)[:, :size, :size]
 
 
-def _project_seed(arch: models.Architecture, kernels: dict[str, jax.Array], switches: dict[str, jax.Array],
+def _project_seed(arch: network.Architecture, kernels: dict[str, jax.Array], switches: dict[str, jax.Array],
                   layer: int, seed: Seeds) -> tuple[jax.Array, jax.Array]:
   """One seed down to its image window: `([R, R, C_in], start [2])`."""
   channels = {c.layer: c.features for c in arch.convs}[layer]
@@ -167,7 +161,7 @@ def _project_seed(arch: models.Architecture, kernels: dict[str, jax.Array], swit
   return signal[0], start
 
 
-def project_patches(arch: models.Architecture, params: Any, switches: dict[str, jax.Array], layer: int,
+def project_patches(arch: network.Architecture, params: Any, switches: dict[str, jax.Array], layer: int,
                     seeds: Seeds, chunk: int = 16) -> Projection:
   """Projects every seed of conv layer `layer` down to pixel space, each cropped to its image window.
 
@@ -193,7 +187,7 @@ def paste(projection: Projection, image_size: int) -> jax.Array:
   return jax.vmap(one)(*projection)
 
 
-def project(arch: models.Architecture, params: Any, switches: dict[str, jax.Array], layer: int, seeds: Seeds,
+def project(arch: network.Architecture, params: Any, switches: dict[str, jax.Array], layer: int, seeds: Seeds,
             chunk: int = 16) -> jax.Array:
   """`project_patches` pasted into full-size images: `[S, H, W, C_in]`, input resolution, unnormalised."""
   return paste(project_patches(arch, params, switches, layer, seeds, chunk), arch.image_size)
@@ -227,15 +221,15 @@ def _max_pool_by_gather(x: jax.Array, window: int, stride: int, ceil_mode: bool)
   return jnp.take_along_axis(windows, picked, axis=3)[:, :, :, 0]
 
 
-def _lrn_passing_gradients(arch: models.Architecture, x: jax.Array) -> jax.Array:
+def _lrn_passing_gradients(arch: network.Architecture, x: jax.Array) -> jax.Array:
   """Local response normalisation forward, identity backward."""
   normalised = layers.local_response_norm(x, arch.lrn_size, arch.lrn_k, arch.lrn_alpha, arch.lrn_beta)
   return x + lax.stop_gradient(normalised - x)
 
 
-def forward_with_deconv_rules(arch: models.Architecture, params: Any, images: jax.Array, layer: int) -> jax.Array:
+def forward_with_deconv_rules(arch: network.Architecture, params: Any, images: jax.Array, layer: int) -> jax.Array:
   """Conv layer `layer`'s output `[B, H, W, C]` for `[B, S, S, C_in]` images, differentiable with the
-  deconvnet's backward rules (same forward values as `models.ConvNet`)."""
+  deconvnet's backward rules (same forward values as `network.ConvNet`)."""
   x = images
   for c in arch.convs:
     p = params[c.name]
@@ -253,7 +247,7 @@ def forward_with_deconv_rules(arch: models.Architecture, params: Any, images: ja
   raise ValueError(f'layer {layer} is not a conv layer of this network: {[c.layer for c in arch.convs]}')
 
 
-def project_by_vjp(arch: models.Architecture, params: Any, image: jax.Array, layer: int, channel: int, y: int,
+def project_by_vjp(arch: network.Architecture, params: Any, image: jax.Array, layer: int, channel: int, y: int,
                    x: int, value: float | jax.Array) -> jax.Array:
   """The projection of one seed as the vjp of its activation: `[H, W, C_in]` for an `[H, W, C_in]` image."""
   output, vjp = jax.vjp(lambda v: forward_with_deconv_rules(arch, params, v[None], layer)[0], image)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from zfnet_jax import models
+from zfnet_jax.model import network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Step:
   out_size: int  # rows of the map it writes
 
 
-def steps_down(arch: models.Architecture, layer: int) -> list[Step]:
+def steps_down(arch: network.Architecture, layer: int) -> list[Step]:
   """The convs and pools from the output of conv layer `layer` down to the image, top first."""
   if layer not in [c.layer for c in arch.convs]:
     raise ValueError(f'layer {layer} is not a conv layer of this network; it has layers '
@@ -51,7 +51,7 @@ def steps_down(arch: models.Architecture, layer: int) -> list[Step]:
   raise AssertionError('unreachable')
 
 
-def layer_size(arch: models.Architecture, layer: int) -> int:
+def layer_size(arch: network.Architecture, layer: int) -> int:
   """Rows of conv layer `layer`'s output map (after pooling)."""
   return steps_down(arch, layer)[0].out_size
 
@@ -64,7 +64,7 @@ def reads(step: Step, start: Any, size: int) -> tuple[Any, int]:
   return start * step.stride - step.padding, (size - 1) * step.stride + step.size
 
 
-def receptive_field(arch: models.Architecture, layer: int, y: Any, x: Any) -> tuple[Any, Any, Any, Any]:
+def receptive_field(arch: network.Architecture, layer: int, y: Any, x: Any) -> tuple[Any, Any, Any, Any]:
   """The exact receptive field of unit `(y, x)` of layer `layer`'s output, in input pixels.
 
   Returns:
@@ -80,7 +80,7 @@ def receptive_field(arch: models.Architecture, layer: int, y: Any, x: Any) -> tu
   return top, left, bottom, right
 
 
-def nominal(arch: models.Architecture, layer: int) -> tuple[int, int, int]:
+def nominal(arch: network.Architecture, layer: int) -> tuple[int, int, int]:
   """`(size, stride, offset)`: unit `u` of layer `layer` sees input rows `[u*stride + offset, ... + size)`.
 
   The textbook receptive field, before clipping to the image (e.g. 171 px, stride 32 for layer 5 of

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from zfnet_jax import models
+from zfnet_jax.model import network
 
 
 class ArchitectureMismatchError(ValueError):
@@ -29,7 +29,7 @@ def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, arch: models.Architecture) -> None:
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, arch: network.Architecture) -> None:
   """Starts an asynchronous save of `state` at `step`; `mngr.wait_until_finished()` blocks on it."""
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           architecture=ocp.args.JsonSave(arch.to_dict())))
@@ -43,7 +43,7 @@ def _describe_mismatch(saved: dict, current: dict) -> str:
   return '\n'.join(lines)
 
 
-def check_architecture(mngr: ocp.CheckpointManager, step: int, arch: models.Architecture) -> None:
+def check_architecture(mngr: ocp.CheckpointManager, step: int, arch: network.Architecture) -> None:
   """Raises `ArchitectureMismatchError`, naming the differing fields, if `step` was saved by another network."""
   saved = mngr.restore(step, args=ocp.args.Composite(architecture=ocp.args.JsonRestore()))['architecture']
   current = json.loads(json.dumps(arch.to_dict()))  # JSON turns tuples into lists, as in `saved`
@@ -53,7 +53,7 @@ def check_architecture(mngr: ocp.CheckpointManager, step: int, arch: models.Arch
         f'{_describe_mismatch(saved, current)}\nUse the config that trained it, or a fresh --workdir.')
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, arch: models.Architecture) -> Any:
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, arch: network.Architecture) -> Any:
   """Restores the train state saved at `step` into the shapes and shardings of `abstract_state`."""
   check_architecture(mngr, step, arch)
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
@@ -61,12 +61,12 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, arch: m
 
 
 def load_params(config: ml_collections.ConfigDict, workdir: str,
-                step: int | None = None) -> tuple[models.ConvNet, Any, int]:
+                step: int | None = None) -> tuple[network.ConvNet, Any, int]:
   """`(model, params, step)` from `WORKDIR/checkpoints` (latest step by default), for analysis tools.
 
   Params come back on this process's first device, whatever devices and hosts saved them.
   """
-  model = models.create_model(config)
+  model = network.create_model(config)
   mngr = manager(workdir)
   step = mngr.latest_step() if step is None else step
   if step is None:

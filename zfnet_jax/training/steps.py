@@ -16,7 +16,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from zfnet_jax import models, optim
+from zfnet_jax.model import network
+from zfnet_jax.training import optim
 
 Batch = dict[str, jax.Array]
 
@@ -75,7 +76,7 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
 
 
-def train_step(state: TrainState, batch: Batch, *, model: models.ConvNet, tx: optax.GradientTransformation,
+def train_step(state: TrainState, batch: Batch, *, model: network.ConvNet, tx: optax.GradientTransformation,
                dropout_key: jax.Array, filter_rms_radius: float,
                skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on `batch` (`image` `[B, S, S, C]`, `label` `[B]`); returns metrics as batch means.
@@ -105,27 +106,17 @@ def train_step(state: TrainState, batch: Batch, *, model: models.ConvNet, tx: op
   return TrainState(state.step + 1, params, opt_state), metrics
 
 
-def eval_step(params: Any, batch: Batch, *, model: models.ConvNet) -> dict[str, jax.Array]:
-  """Sums over the `mask == 1` examples of `batch`: loss, top-1 and top-5 correct, count."""
-  logits = model.apply({'params': params}, batch['image'])
-  mask = batch['mask'].astype(jnp.float32)
-  return {'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),
-          'top1': jnp.sum(topk_correct(logits, batch['label'], 1) * mask),
-          'top5': jnp.sum(topk_correct(logits, batch['label'], 5) * mask),
-          'count': jnp.sum(mask)}
-
-
-def create_state(model: models.ConvNet, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-  params = models.init_params(model, rng)
+def create_state(model: network.ConvNet, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  params = network.init_params(model, rng)
   return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
 
-def jit_steps(mesh: Mesh, model: models.ConvNet, tx: optax.GradientTransformation, seed: int,
-              filter_rms_radius: float, skip_nonfinite: bool = False) -> tuple[Callable, Callable, Callable]:
-  """`(init, train, eval)` jitted with explicit shardings; `train` donates the state it is given.
+def jit_steps(mesh: Mesh, model: network.ConvNet, tx: optax.GradientTransformation, seed: int,
+              filter_rms_radius: float, skip_nonfinite: bool = False) -> tuple[Callable, Callable]:
+  """`(init, train)` jitted with explicit shardings; `train` donates the state it is given.
 
-  `init(rng) -> state` (replicated); `train(state, batch) -> (state, metrics)`;
-  `eval(params, batch) -> sums`.
+  `init(rng) -> state` (replicated); `train(state, batch) -> (state, metrics)`. The eval step is
+  `evaluation.jit_eval_step`.
   """
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   options = compiler_options(mesh)
@@ -135,6 +126,4 @@ def jit_steps(mesh: Mesh, model: models.ConvNet, tx: optax.GradientTransformatio
                         filter_rms_radius=filter_rms_radius, skip_nonfinite=skip_nonfinite),
       in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0,
       compiler_options=options)
-  evaluate = jax.jit(functools.partial(eval_step, model=model), in_shardings=(replicated, data),
-                     out_shardings=replicated, compiler_options=options)
-  return init, train, evaluate
+  return init, train

@@ -1,0 +1,50 @@
+"""Correspondence (Table 1): how consistently masking the same part of different images changes features.
+
+Masks are 0 in the network's input space, i.e. the dataset's mean pixel under both normalisations.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zfnet_jax.model import network
+
+
+def mask_boxes(images: jax.Array, boxes: jax.Array, fill: float = 0.0) -> jax.Array:
+  """`[N, H, W, C]` images with box `i` = (top, left, height, width) of image `i` set to `fill`."""
+  h, w = images.shape[1:3]
+  r, c = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
+  top, left, height, width = (boxes[:, i, None, None] for i in range(4))
+  inside = (r >= top) & (r < top + height) & (c >= left) & (c < left + width)
+  return jnp.where(inside[..., None], fill, images)
+
+
+def sign_disagreement(eps: jax.Array) -> jax.Array:
+  """Table 1's Delta for `[N, F]` feature differences: the mean over ordered pairs `i != j` of the
+  normalised Hamming distance between `sign(eps_i)` and `sign(eps_j)` (0: identical signs)."""
+  s = jnp.sign(eps)
+  n = s.shape[0]
+  differ = jnp.mean(s[:, None, :] != s[None, :, :], axis=-1)  # [N, N], zero diagonal
+  return jnp.sum(differ) / (n * (n - 1))
+
+
+def correspondence(model: network.ConvNet, params: Any, images: jax.Array, boxes: jax.Array,
+                   layer_numbers: tuple[int, ...] = (5, 7), fill: float = 0.0) -> dict[int, jax.Array]:
+  """Table 1: `{layer: Delta_l}` for `[N, H, W, C]` images with the same part masked by `boxes` `[N, 4]`
+  (top, left, height, width); eps_i = features of image i minus those of its masked copy."""
+  plain = network.forward(model, params, images).layers
+  masked = network.forward(model, params, mask_boxes(images, boxes, fill)).layers
+  return {n: sign_disagreement((plain[f'layer{n}'] - masked[f'layer{n}']).reshape(len(images), -1))
+          for n in layer_numbers}
+
+
+def random_boxes(rng: np.random.Generator, boxes: np.ndarray, image_size: int) -> np.ndarray:
+  """The baseline's masks: boxes of the same sizes at uniformly random positions inside the image."""
+  boxes = np.array(boxes)
+  for i in range(len(boxes)):
+    boxes[i, 0] = rng.integers(0, image_size - boxes[i, 2] + 1)
+    boxes[i, 1] = rng.integers(0, image_size - boxes[i, 3] + 1)
+  return boxes

@@ -1,0 +1,52 @@
+"""Invariance (Fig. 5): feature distances and the true-class probability under translation, scale, rotation."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from zfnet_jax.model import network
+
+
+TRANSFORMS = ('translation', 'scale', 'rotation')
+
+
+def transform(image: jax.Array, kind: str, amount: jax.Array, fill: float = 0.0) -> jax.Array:
+  """An `[H, W, C]` image shifted down by `amount` pixels, scaled by `amount` about its centre, or rotated
+  by `amount` degrees anticlockwise about it (bilinear; `fill` where nothing maps)."""
+  h, w = image.shape[:2]
+  r, c = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing='ij')
+  cr, cc = (h - 1) / 2, (w - 1) / 2
+  if kind == 'translation':
+    src = (r - amount, c)
+  elif kind == 'scale':
+    src = (cr + (r - cr) / amount, cc + (c - cc) / amount)
+  elif kind == 'rotation':
+    t = jnp.deg2rad(amount)
+    src = (cr + (r - cr) * jnp.cos(t) + (c - cc) * jnp.sin(t), cc - (r - cr) * jnp.sin(t) + (c - cc) * jnp.cos(t))
+  else:
+    raise ValueError(f'transform kind must be one of {TRANSFORMS}, got {kind!r}')
+  return jnp.stack([jax.scipy.ndimage.map_coordinates(image[..., i], src, order=1, mode='constant', cval=fill)
+                    for i in range(image.shape[-1])], axis=-1)
+
+
+def invariance(model: network.ConvNet, params: Any, images: jax.Array, labels: jax.Array, kind: str,
+               amounts: jax.Array, fill: float = 0.0) -> dict[str, jax.Array]:
+  """Fig. 5 for one transformation: every `[N, H, W, C]` image transformed by every amount `[T]`.
+
+  Returns:
+    `{'layer1': [N, T], 'layer7': [N, T]}` Euclidean distances of the layer's features to those of the
+    untransformed image, and `'probability'` `[N, T]` of the true class.
+  """
+  n, t = images.shape[0], amounts.shape[0]
+  moved = jax.vmap(lambda im: jax.vmap(lambda a: transform(im, kind, a, fill))(amounts))(images)
+  out = network.forward(model, params, moved.reshape(n * t, *images.shape[1:]))
+  probs, feats = jax.nn.softmax(out.logits), out.layers
+  ref = network.forward(model, params, images).layers
+  out = {}
+  for name in ('layer1', 'layer7'):
+    f = feats[name].reshape(n, t, -1)
+    out[name] = jnp.linalg.norm(f - ref[name].reshape(n, 1, -1), axis=-1)
+  out['probability'] = jnp.take_along_axis(probs.reshape(n, t, -1), labels[:, None, None], axis=-1)[..., 0]
+  return out

@@ -1,0 +1,148 @@
+"""Occlusion sensitivity (Fig. 7): a grey square slid over an image, recomputing only what it changes.
+
+"Grey" is 0 in the network's input space, i.e. the dataset's mean pixel under both normalisations.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from zfnet_jax.model import layers, network, receptive_field
+from zfnet_jax.model.receptive_field import Step
+
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
+
+class OcclusionMaps(NamedTuple):
+  """Fig. 7's maps, one entry per position of the square; `[Ny, Nx]` each."""
+  activity: jax.Array  # total activation of feature map `feature` of the top conv layer
+  probability: jax.Array  # softmax probability of the true class
+  top_class: jax.Array  # int32 most probable class
+  feature: jax.Array  # int32 the strongest map of the top conv layer on the unoccluded image
+  rows: np.ndarray  # [Ny] top rows of the square
+  cols: np.ndarray  # [Nx] left columns
+
+
+def _forward_steps(arch: network.Architecture) -> list[Step]:
+  """Every conv and pool of the network, image first."""
+  return receptive_field.steps_down(arch, arch.convs[-1].layer)[::-1]
+
+
+def _apply_step(arch: network.Architecture, params: Any, step: Step, x: jax.Array, whole: bool = True) -> jax.Array:
+  """One step as `network.ConvNet` computes it: conv -> ReLU (-> LRN), or max-pool (-> LRN), on `[B, n, n, C]`.
+
+  `whole=False` treats `x` as a region already cut (with padding) from the step's input map: a valid conv,
+  or floor-mode pooling over exactly it.
+  """
+  spec = {c.layer: c for c in arch.convs}[step.layer]
+  if step.kind == 'conv':
+    p = params[spec.name]
+    pad = step.padding if whole else 0
+    x = lax.conv_general_dilated(x, p['kernel'], (step.stride,) * 2, [(pad, pad)] * 2,
+                                 dimension_numbers=_DIMS) + p['bias']
+    x = jax.nn.relu(x)
+    lrn = spec.lrn and (arch.lrn_position == 'before_pool' or not spec.pool)
+  else:
+    x = layers.max_pool(x, step.size, step.stride, arch.pool_ceil and whole)
+    lrn = spec.lrn and arch.lrn_position == 'after_pool'
+  if lrn:
+    x = layers.local_response_norm(x, arch.lrn_size, arch.lrn_k, arch.lrn_alpha, arch.lrn_beta)
+  return x
+
+
+def _head(arch: network.Architecture, params: Any, x: jax.Array) -> jax.Array:
+  """Fully connected layers 6-8 (no dropout): top conv map `[B, n, n, C]` -> logits `[B, classes]`."""
+  x = x.reshape(x.shape[0], -1)
+  for n, _ in arch.fcs:
+    x = jax.nn.relu(x @ params[f'fc{n}']['kernel'] + params[f'fc{n}']['bias'])
+  return x @ params['fc8']['kernel'] + params['fc8']['bias']
+
+
+class _LocalStep(NamedTuple):
+  step: Step
+  size_in: int  # rows of the changed window of the step's input
+  size_out: int  # rows of the window of its output that can change
+  region: int  # rows of input the output window reads
+  pad: tuple[int, int]  # zeros around the input window before the region is sliced from it
+  base_pad: tuple[int, int]  # padding of the unoccluded input map (conv zeros / pool -inf)
+
+
+def _occlusion_plan(arch: network.Architecture, size: int, rows: np.ndarray,
+                    local_fraction: float) -> list[_LocalStep]:
+  """The steps done on windows, in order; the rest run on whole maps. Static, from every square position."""
+  start, n, plan = rows, size, []
+  for step in _forward_steps(arch):
+    out_start, q = receptive_field.reached(step, start, n)
+    if q * q > local_fraction * step.out_size ** 2:
+      break
+    region_start, region = receptive_field.reads(step, out_start, q)
+    pad = (max(0, int(np.max(start - region_start))), max(0, int(np.max(region_start + region - start - n))))
+    high = max(0, (step.out_size - 1) * step.stride - step.padding + step.size - step.in_size)
+    plan.append(_LocalStep(step, n, q, region, pad, (step.padding, high)))
+    start, n = out_start, q
+  return plan
+
+
+def occlusion(model: network.ConvNet, params: Any, image: jax.Array, label: int | jax.Array, size: int, stride: int,
+              fill: float = 0.0, chunk: int = 16, local_fraction: float = 0.5) -> OcclusionMaps:
+  """Fig. 7: a `size` square of value `fill` at every `stride`-th position inside the image.
+
+  Only what the square can change is recomputed: while the window of a map that the square reaches
+  (`receptive_field.reached`) covers at most `local_fraction` of it, each step runs on that window,
+  read from the unoccluded map with the changed window written in; after that, whole maps. For
+  `configs/default.py` and a 32 px square that is conv1-conv4 on windows, conv5 and the fc layers whole.
+
+  Args:
+    image: `[H, W, C]` network input.
+  """
+  arch = model.arch
+  h = arch.image_size
+  if image.shape != (h, h, arch.in_channels):
+    raise ValueError(f'occlusion needs a {(h, h, arch.in_channels)} network input, got {image.shape}')
+  if not 0 < size <= h or stride < 1:
+    raise ValueError(f'the square size must be in 1..{h} and the stride positive, got {size}, {stride}')
+  rows = np.arange(0, h - size + 1, stride)
+  all_steps, plan = _forward_steps(arch), _occlusion_plan(arch, size, rows, local_fraction)
+
+  base = [image[None].astype(jnp.float32)]
+  for step in all_steps:
+    base.append(_apply_step(arch, params, step, base[-1]))
+  top_map = base[-1][0]
+  feature = jnp.argmax(jnp.max(top_map, axis=(0, 1))).astype(jnp.int32)
+  padded = []
+  for plan_step, x in zip(plan, base):
+    lo, hi = plan_step.base_pad
+    pad_value = -jnp.inf if plan_step.step.kind == 'pool' else 0.0
+    padded.append(jnp.pad(x[0], ((lo, hi), (lo, hi), (0, 0)), constant_values=pad_value))
+
+  def one(position):
+    start = position
+    window = jnp.full((size, size, arch.in_channels), fill, jnp.float32)
+    for local, base_map in zip(plan, padded):
+      step = local.step
+      out_start, q = receptive_field.reached(step, start, local.size_in, jnp)
+      region_start = out_start * step.stride - step.padding
+      region = lax.dynamic_slice(base_map, (*(region_start + local.base_pad[0]), 0),
+                                 (local.region, local.region, base_map.shape[-1]))
+      lo, hi = local.pad
+      offset = region_start - start + lo
+      changed = lambda v: lax.dynamic_slice(  # noqa: E731  (the window's values in region coordinates)
+          jnp.pad(v, ((lo, hi), (lo, hi), (0, 0))), (*offset, 0), (local.region, local.region, v.shape[-1]))
+      inside = changed(jnp.ones((local.size_in, local.size_in, 1), bool))
+      region = jnp.where(inside, changed(window), region)
+      window = _apply_step(arch, params, step, region[None], whole=False)[0]
+      start = out_start
+    rest = lax.dynamic_update_slice(base[len(plan)][0], window, (*start, 0))[None]
+    for step in all_steps[len(plan):]:
+      rest = _apply_step(arch, params, step, rest)
+    probs = jax.nn.softmax(_head(arch, params, rest)[0])
+    return jnp.sum(rest[0, ..., feature]), probs[label], jnp.argmax(probs).astype(jnp.int32)
+
+  grid = jnp.stack(jnp.meshgrid(jnp.asarray(rows), jnp.asarray(rows), indexing='ij'), -1).reshape(-1, 2)
+  activity, probability, top_class = lax.map(one, grid.astype(jnp.int32), batch_size=chunk)
+  shape = (len(rows), len(rows))
+  return OcclusionMaps(activity.reshape(shape), probability.reshape(shape), top_class.reshape(shape), feature,
+                       rows, rows)

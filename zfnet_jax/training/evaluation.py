@@ -1,0 +1,118 @@
+"""Evaluation: the one eval step (1 or 10 crops) and the one loop over a split, every example counted once.
+
+`--crops 1` scores the centre crop; `10` the paper's ten test crops (the four corners and the centre of
+the resized square, each also mirrored), averaging the ten softmaxes. Batches may hold network-size
+images or larger squares (`squares_config`): the crops are cut on the device, so ten crops cost ten
+forward passes but no extra host work.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from zfnet_jax.data import pipeline, sources
+from zfnet_jax.model import network
+from zfnet_jax.training import checkpointing, steps
+
+CROP_MODES = (1, 10)
+
+
+def crops(squares: jax.Array, size: int, num_crops: int) -> jax.Array:
+  """`[B, R, R, C]` images -> `[num_crops, B, size, size, C]` crops.
+
+  1: the centre crop, at offset `(R - size) // 2` as `preprocess.eval_image` cuts it (the image itself
+  when `R == size`). 10: the centre and the four corners, then the same five mirrored left-right.
+  """
+  if num_crops not in CROP_MODES:
+    raise ValueError(f'crops must be one of {CROP_MODES}, got {num_crops}')
+  r = squares.shape[1]
+  centre, end = (r - size) // 2, r - size
+  offsets = [(centre, centre)] + ([(0, 0), (0, end), (end, 0), (end, end)] if num_crops == 10 else [])
+  views = [squares[:, y:y + size, x:x + size] for y, x in offsets]
+  if num_crops == 10:
+    views += [v[:, :, ::-1] for v in views]
+  return jnp.stack(views)
+
+
+def mean_log_probs(params: Any, squares: jax.Array, *, model: network.ConvNet, num_crops: int) -> jax.Array:
+  """`[B, R, R, C]` images -> `[B, K]` log of the softmax averaged over each image's crops."""
+  forward = lambda x: jax.nn.log_softmax(model.apply({'params': params}, x))  # noqa: E731
+  log_probs = jax.lax.map(forward, crops(squares, model.arch.image_size, num_crops))  # one crop at a time
+  return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(num_crops)
+
+
+def eval_step(params: Any, batch: steps.Batch, *, model: network.ConvNet, num_crops: int = 1) -> dict[str, jax.Array]:
+  """Sums over the `mask == 1` images of `batch` (`image` `[B, R, R, C]`, `label`, `mask` `[B]`): loss,
+  top-1 and top-5 correct, count."""
+  scores = mean_log_probs(params, batch['image'], model=model, num_crops=num_crops)
+  mask = batch['mask'].astype(jnp.float32)
+  loss = -jnp.take_along_axis(scores, batch['label'][:, None], axis=-1)[:, 0]
+  return {'loss': jnp.sum(loss * mask),
+          'top1': jnp.sum(steps.topk_correct(scores, batch['label'], 1) * mask),
+          'top5': jnp.sum(steps.topk_correct(scores, batch['label'], 5) * mask),
+          'count': jnp.sum(mask)}
+
+
+def jit_eval_step(mesh: Mesh, model: network.ConvNet, num_crops: int = 1) -> Callable:
+  """`eval_step` jitted over `mesh`: `(params replicated, batch sharded over data) -> sums (replicated)`."""
+  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  return jax.jit(functools.partial(eval_step, model=model, num_crops=num_crops), in_shardings=(replicated, data),
+                 out_shardings=replicated, compiler_options=steps.compiler_options(mesh))
+
+
+def squares_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with `model.image_size = input.resize_size`: its eval batches are the whole resized squares."""
+  squares = config.copy_and_resolve_references()
+  squares.model.image_size = config.input.resize_size
+  return squares
+
+
+def evaluate(eval_fn: Callable, params: Any, config: ml_collections.ConfigDict, mesh: Mesh,
+             split: str | None = None) -> dict[str, float]:
+  """Mean loss, top-1 and top-5 of `eval_fn` (a `jit_eval_step`) over the whole split, on every host.
+
+  Every example counts exactly once (the last batch is padded and masked); `num_examples` says how many.
+  """
+  batches, _, num_examples = pipeline.eval_batches(config, split, jax.process_index(), jax.process_count())
+  sums = None
+  one_step_in_flight = steps.one_step_in_flight()
+  for batch in batches:
+    out = eval_fn(params, steps.global_batch(mesh, batch))
+    if one_step_in_flight:
+      jax.block_until_ready(out)
+    sums = out if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, out)
+  sums = jax.tree_util.tree_map(lambda x: float(np.asarray(x)), sums)
+  if int(sums['count']) != num_examples:
+    raise RuntimeError(f'evaluation counted {int(sums["count"])} examples, the split has {num_examples}')
+  count = sums.pop('count')
+  return {**{k: v / count for k, v in sums.items()}, 'num_examples': count}
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_crops: int = 1) -> dict[str, Any]:
+  """Scores the latest checkpoint of `workdir` over the whole eval split; writes and returns `eval.json`'s record."""
+  if num_crops not in CROP_MODES:
+    raise ValueError(f'--crops must be one of {CROP_MODES}, got {num_crops}')
+  n_dev = jax.device_count()
+  if config.eval_batch_size % n_dev:
+    raise ValueError(f'config.eval_batch_size={config.eval_batch_size} must be a multiple of the {n_dev} devices: '
+                     f'e.g. --config.eval_batch_size={max(1, config.eval_batch_size // n_dev) * n_dev}')
+  sources.hide_accelerators_from_tf()
+  model, params, step = checkpointing.load_params(config, workdir)
+  mesh = steps.make_mesh()
+  params = jax.device_put(params, NamedSharding(mesh, P()))
+  split = config.dataset.eval_split
+  results = evaluate(jit_eval_step(mesh, model, num_crops), params, squares_config(config), mesh, split)
+  record = {**{k: results[k] for k in ('top1', 'top5', 'loss')}, 'num_examples': int(results['num_examples']),
+            'crops': num_crops, 'checkpoint_step': step, 'dataset': config.dataset.name, 'split': split}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump(record, f, indent=2)
+  return record
