@@ -1,20 +1,10 @@
-"""Transfer and per-layer probes (Section 5, Tables 4-7): a frozen network's features, a new linear classifier.
+"""`python -m zfnet_jax.transfer`: probe a frozen network's features with the paper's transfer protocol.
 
-The paper's protocol (Caltech-101: 15 or 30 training images per class, 5 folds): in each of K random
-folds, every class gives N training images and the rest of its images, up to a cap, for testing; the
-score is the **mean per-class accuracy** (each class's test accuracy, then their mean), averaged over
-the folds. The features at layer L (1-7) are the network's `layerL` output (after ReLU, pooling and
-normalisation; conv maps flattened); layer 0 is the input pixels, a baseline. They are standardised on
-the fold's training images, then classified by
-- `softmax`: multinomial logistic regression (L2, `C`), the paper's "new softmax classifier";
-- `svm`: a linear SVM (one-vs-rest hinge, `C`), as in Table 7.
-Optionally, the baseline of a network with the same architecture and recipe trained from scratch on the
-same N images per class (written as a folder dataset, trained by `loop.train_and_evaluate`).
-
-Any tfds or folder dataset can be the target (`--target`), with any subset of its classes
-(`--target_classes`) and splits pooled (`--target_splits train,test`). At full scale, e.g.
-`--config configs/default.py --workdir runs/zfnet --target caltech101 --target_splits train,test
---per_class 30 --test_cap 50 --folds 5`. At small scale, features learnt on digits 0-4, probed on 5-9:
+The protocol and the classifiers are described in `zfnet_jax/experiments/transfer.py`. Any tfds or folder
+dataset can be the target (`--target`), with any subset of its classes (`--target_classes`) and splits
+pooled (`--target_splits train,test`). At full scale, e.g. `--config configs/default.py --workdir
+runs/zfnet --target caltech101 --target_splits train,test --per_class 30 --test_cap 50 --folds 5`. At
+small scale, features learnt on digits 0-4, probed on 5-9:
 
   python -m zfnet_jax.train --config configs/digits.py --workdir runs/digits_0to4 \\
       --config.dataset.classes=0,1,2,3,4 --config.model.num_classes=5
@@ -24,8 +14,7 @@ Any tfds or folder dataset can be the target (`--target`), with any subset of it
       --layers 0,1,2,3,4,5,6,7 --classifiers softmax,svm --scratch_steps 300 --out runs/transfer_digits
 
 `--out` gets `results.csv` / `results.json` (one row per layer and classifier, plus `scratch`) and
-`results.png` (accuracy against layer). Memory: the features of every image the folds use are kept for
-each layer at once; at ImageNet scale, layer 1 alone is 290k values per image.
+`results.png` (accuracy against layer).
 """
 from __future__ import annotations
 

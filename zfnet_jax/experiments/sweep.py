@@ -1,12 +1,8 @@
 """Sweeps: train named variants of one config over seeds, and gather one results table and plot.
 
 A sweep config is an ordinary config file (`get_config()`) that also has `get_variants()`, returning
-`{name: {dotted field: value}}`, e.g. `{'zfnet': {}, 'fc_128': {'model.fc_features': (128, 128)}}`:
-
-  python -m zfnet_jax.sweep --config configs/digits_ablations.py --workdir runs/ablations --seeds 0,1,2
-
-`--variants a,b` runs a subset; `--config.FIELD=VALUE` changes every variant (e.g. `--config.num_epochs=5`).
-Each run trains in `WORKDIR/VARIANT/seed_N` through `loop.train_and_evaluate` and, when it is done,
+`{name: {dotted field: value}}`, e.g. `{'zfnet': {}, 'fc_128': {'model.fc_features': (128, 128)}}`.
+Sweep-wide overrides change every variant. Each run trains in `WORKDIR/VARIANT/seed_N` through `loop.train_and_evaluate` and, when it is done,
 writes its row to `result.json` there. Re-running skips runs whose `result.json` was written by the
 same config (their checkpoints and metrics are reused) and resumes unfinished ones from their last
 checkpoint, so a sweep survives interruption. `WORKDIR` gets `results.csv` / `results.json` (one row per

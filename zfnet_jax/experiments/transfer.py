@@ -10,22 +10,8 @@ the fold's training images, then classified by
 - `svm`: a linear SVM (one-vs-rest hinge, `C`), as in Table 7.
 Optionally, the baseline of a network with the same architecture and recipe trained from scratch on the
 same N images per class (written as a folder dataset, trained by `loop.train_and_evaluate`).
-
-Any tfds or folder dataset can be the target (`--target`), with any subset of its classes
-(`--target_classes`) and splits pooled (`--target_splits train,test`). At full scale, e.g.
-`--config configs/default.py --workdir runs/zfnet --target caltech101 --target_splits train,test
---per_class 30 --test_cap 50 --folds 5`. At small scale, features learnt on digits 0-4, probed on 5-9:
-
-  python -m zfnet_jax.train --config configs/digits.py --workdir runs/digits_0to4 \\
-      --config.dataset.classes=0,1,2,3,4 --config.model.num_classes=5
-  python -m zfnet_jax.transfer --config configs/digits.py --workdir runs/digits_0to4 \\
-      --config.dataset.classes=0,1,2,3,4 --config.model.num_classes=5 \\
-      --target_classes 5,6,7,8,9 --target_splits train,test --per_class 10 --test_cap 50 --folds 5 \\
-      --layers 0,1,2,3,4,5,6,7 --classifiers softmax,svm --scratch_steps 300 --out runs/transfer_digits
-
-`--out` gets `results.csv` / `results.json` (one row per layer and classifier, plus `scratch`) and
-`results.png` (accuracy against layer). Memory: the features of every image the folds use are kept for
-each layer at once; at ImageNet scale, layer 1 alone is 290k values per image.
+Memory: the features of every image the folds use are kept for each layer at once; at ImageNet scale,
+layer 1 alone is 290k values per image.
 """
 from __future__ import annotations
 
