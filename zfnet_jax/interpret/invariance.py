@@ -53,7 +53,7 @@ def invariance(model: network.ConvNet, params: Any, images: jax.Array, labels: j
   probs, feats = jax.nn.softmax(out.logits), out.layers
   ref = network.forward(model, params, images).layers
   out = {}
-  for name in (f'layer{n}' for n in layer_numbers):
+  for name in [f'layer{layer}' for layer in layer_numbers]:
     f = feats[name].reshape(n, t, -1)
     out[name] = jnp.linalg.norm(f - ref[name].reshape(n, 1, -1), axis=-1)
   out['probability'] = jnp.take_along_axis(probs.reshape(n, t, -1), labels[:, None, None], axis=-1)[..., 0]
