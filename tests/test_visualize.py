@@ -98,7 +98,8 @@ def test_topk_values_are_the_strongest_activations_over_the_images(ablated, tmp_
     assert a['channel'].shape == (3,) and np.array_equal(a['value'], a['all_value'][a['channel']])
     r = a['patch'].shape[2]
     assert a['reconstruction'].shape == a['patch'].shape == (3, 4, r, r, 1)
-    for (top, left), image, patch in zip(a['window'].reshape(-1, 2), a['image'].ravel(), a['patch'].reshape(-1, r, r, 1)):
+    windows, patches = a['window'].reshape(-1, 2), a['patch'].reshape(-1, r, r, 1)
+    for (top, left), image, patch in zip(windows, a['image'].ravel(), patches):
       np.testing.assert_array_equal(patch, images[image, top:top + r, left:left + r])
 
 
