@@ -1,19 +1,22 @@
 """`python -m zfnet_jax.visualize COMMAND --config CFG --workdir DIR [--out DIR] [options]`: the paper's figures.
 
+Each command computes its arrays with `zfnet_jax.interpret` and draws them with `interpret.figures`; it works
+on any network the config describes (ablations, AlexNet, LRN on or off).
 Commands (each reads the checkpoint in `--workdir`, writes PNGs with their raw arrays beside them into
 `--out` (default `WORKDIR/visualize/COMMAND`) and prints every path it wrote):
   project         one activation projected to pixel space (Section 2.1)
   topk            the top-9 activations of feature maps, projected, beside their image patches (Fig. 2)
   filters         the layer-1 filters (Fig. 6)
-  occlusion       a grey square slid over an image: layer-5 activity, true-class probability, top class (Fig. 7)
+  occlusion       a grey square slid over an image: top conv layer's activity, true-class probability,
+                  top class (Fig. 7)
   correspondence  Table 1's Delta (at the last conv and last hidden layers, or `--layers`) for one masked
                   part, against random masks
   invariance      feature distances (at the first and last hidden layers, or `--layers`) and true-class
                   probability under translation, scale, rotation (Fig. 5)
   evolution       the strongest activation of feature maps at every checkpoint of the run (Fig. 4)
-Images come from the evaluation split (`--index`, `--indices`) or from files (`--image`, `--images`):
-any image format, preprocessed as for evaluation, or a `.npy` float32 `[H, W, C]` network input used
-as is. Config fields are overridden as in training: `--config.dataset.data_dir=DIR`.
+Images come from the evaluation split (`--index`; `--count` of class `--label`) or from files (`--image`,
+`--images`): any image format, preprocessed as for evaluation, or a `.npy` float32 `[H, W, C]` network
+input used as is. Config fields are overridden as in training: `--config.dataset.data_dir=DIR`.
 
   python -m zfnet_jax.visualize topk --config configs/digits.py --workdir runs/digits
 """

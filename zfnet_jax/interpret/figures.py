@@ -1,4 +1,5 @@
-"""Figures of the deconvnet and the analyses: network inputs and projections as pixels, mosaics, writers.
+"""Figures of the deconvnet and the analyses: inputs and projections as pixels, mosaics, one figure per
+visualize command (a function of the arrays it computed, returning a matplotlib Figure), the writer.
 
 Display conventions: network inputs go back to RGB pixels in [0, 1] (the config's normalisation undone,
 grey repeated to 3 channels); projections are scaled each on its own, with grey at zero.
