@@ -9,6 +9,7 @@ import pytest
 from conftest import config_path, record, small_net
 from zfnet_jax import benchmark, config_lib
 from zfnet_jax.interpret import correspondence, deconvnet, invariance, occlusion, topk
+from zfnet_jax.model import network
 from zfnet_jax.training import steps
 
 
@@ -134,3 +135,24 @@ def test_benchmark_deconv_and_occlusion_records():
   [occlusion] = benchmark.BENCHMARKS['occlusion'](config, options)
   assert (occlusion['window'], occlusion['stride'], occlusion['positions']) == (9, 4, 196)
   assert occlusion['seconds_per_image'] > 0 and occlusion['what'] == 'occlusion'
+
+
+@pytest.mark.parametrize('name,overrides', [
+    *((f'digits without {removed}', {'model.remove_layers': removed})
+      for removed in ((), (7,), (6, 7), (3, 4), (3, 4, 6, 7), (3, 4, 5, 6, 7))),
+    ('alexnet', {}), ('zfnet_paper', {}), ('digits', {'model.lrn': True, 'model.lrn_position': 'before_pool'})])
+def test_invariance_and_correspondence_take_their_layers_from_the_network(name, overrides):
+  config = config_lib.load(config_path(name.split()[0]), overrides)
+  model = network.create_model(config)
+  arch = model.arch
+  params = jax.eval_shape(functools.partial(network.init_params, model), jax.random.key(0))
+  images = jax.ShapeDtypeStruct((2, arch.image_size, arch.image_size, arch.in_channels), jnp.float32)
+  present = [c.layer for c in arch.convs] + [n for n, _ in arch.fcs]
+  assert arch.layer_numbers == tuple(present)
+  curves = jax.eval_shape(functools.partial(invariance.invariance, model, kind='scale'), params, images,
+                          jnp.zeros(2, jnp.int32), amounts=jnp.ones(3))
+  assert sorted(curves) == sorted({f'layer{present[0]}', f'layer{present[-1]}', 'probability'})
+  assert all(v.shape == (2, 3) for v in curves.values())
+  deltas = jax.eval_shape(functools.partial(correspondence.correspondence, model), params, images,
+                          jnp.zeros((2, 4), jnp.int32))
+  assert sorted(deltas) == sorted({arch.convs[-1].layer, present[-1]})

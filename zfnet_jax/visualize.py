@@ -1,17 +1,22 @@
 """`python -m zfnet_jax.visualize COMMAND --config CFG --workdir DIR [--out DIR] [options]`: the paper's figures.
 
+Each command computes its arrays with `zfnet_jax.interpret` and draws them with `interpret.figures`; it works
+on any network the config describes (ablations, AlexNet, LRN on or off).
 Commands (each reads the checkpoint in `--workdir`, writes PNGs with their raw arrays beside them into
 `--out` (default `WORKDIR/visualize/COMMAND`) and prints every path it wrote):
   project         one activation projected to pixel space (Section 2.1)
   topk            the top-9 activations of feature maps, projected, beside their image patches (Fig. 2)
   filters         the layer-1 filters (Fig. 6)
-  occlusion       a grey square slid over an image: layer-5 activity, true-class probability, top class (Fig. 7)
-  correspondence  Table 1's Delta at layers 5 and 7 for one masked part, against random masks
-  invariance      feature distances and true-class probability under translation, scale, rotation (Fig. 5)
+  occlusion       a grey square slid over an image: top conv layer's activity, true-class probability,
+                  top class (Fig. 7)
+  correspondence  Table 1's Delta (at the last conv and last hidden layers, or `--layers`) for one masked
+                  part, against random masks
+  invariance      feature distances (at the first and last hidden layers, or `--layers`) and true-class
+                  probability under translation, scale, rotation (Fig. 5)
   evolution       the strongest activation of feature maps at every checkpoint of the run (Fig. 4)
-Images come from the evaluation split (`--index`, `--indices`) or from files (`--image`, `--images`):
-any image format, preprocessed as for evaluation, or a `.npy` float32 `[H, W, C]` network input used
-as is. Config fields are overridden as in training: `--config.dataset.data_dir=DIR`.
+Images come from the evaluation split (`--index`; `--count` of class `--label`) or from files (`--image`,
+`--images`): any image format, preprocessed as for evaluation, or a `.npy` float32 `[H, W, C]` network
+input used as is. Config fields are overridden as in training: `--config.dataset.data_dir=DIR`.
 
   python -m zfnet_jax.visualize topk --config configs/digits.py --workdir runs/digits
 """
@@ -20,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -34,38 +38,7 @@ from zfnet_jax.model import network, receptive_field
 from zfnet_jax.training import checkpointing
 
 
-# ------------------------------------------------------------------------------------------------ inputs
-
-def batches(config: ml_collections.ConfigDict, split: str, max_images: int | None) -> Iterator[dict[str, np.ndarray]]:
-  """The split's evaluation batches (fixed order), with `mask` 0 from image `max_images` on."""
-  stream, _, _ = pipeline.eval_batches(config, split)
-  seen = 0
-  for batch in stream:
-    if max_images is not None:
-      batch['mask'] = np.where(seen + np.arange(len(batch['mask'])) < max_images, batch['mask'], 0)
-      if seen >= max_images:
-        return
-    seen += len(batch['mask'])
-    yield batch
-
-
-def split_images(config: ml_collections.ConfigDict, split: str, keep: Callable[[int, int], bool],
-                 count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """The first `count` images `i` of the split with `keep(i, label)`: `(images, labels, indices)`."""
-  images, labels, indices, seen = [], [], [], 0
-  for batch in batches(config, split, None):
-    for image, label, mask in zip(batch['image'], batch['label'], batch['mask']):
-      if mask and keep(seen, int(label)):
-        images.append(image), labels.append(int(label)), indices.append(seen)
-      seen += int(mask)
-      if len(images) == count:
-        return np.stack(images), np.asarray(labels), np.asarray(indices)
-  raise ValueError(f'split {split!r} has only {len(images)} of the {count} images asked for')
-
-
-# ---------------------------------------------------------------------------------------------- commands
-
-def _names(config) -> list[str]:
+def _names(config: ml_collections.ConfigDict) -> list[str]:
   return sources.class_names(config) or [str(c) for c in range(config.model.num_classes)]
 
 
@@ -73,8 +46,34 @@ def _one_image(args, config) -> tuple[np.ndarray, int | None, str]:
   """`(image, label or None, description)` from `--image` or `--index` of the split."""
   if args.image:
     return preprocess.load_input(args.image, config), None, os.path.basename(args.image)
-  images, labels, _ = split_images(config, args.split, lambda i, _: i == args.index, 1)
+  images, labels, _ = pipeline.first_images(config, args.split, lambda i, _: i == args.index, 1)
   return images[0], int(labels[0]), f'{args.split} image {args.index}'
+
+
+def _image_set(args, config) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """`--images` files (with `--labels`), else `--count` images of the split (of class `--label` if given)."""
+  if args.images:
+    labels = args.labels or [0] * len(args.images)
+    if len(labels) != len(args.images):
+      raise ValueError(f'--labels needs one label per image: {len(args.images)} images, {len(labels)} labels')
+    return np.stack([preprocess.load_input(p, config) for p in args.images]), np.asarray(labels), \
+        [os.path.basename(p) for p in args.images]
+  want = (lambda i, label: True) if args.label is None else (lambda i, label: label == args.label)
+  images, labels, indices = pipeline.first_images(config, args.split, want, args.count)
+  return images, labels, [f'{args.split} {i}' for i in indices]
+
+
+def _layers(args, available: tuple[int, ...], default: tuple[int, ...], what: str) -> tuple[int, ...]:
+  """`--layers` as numbers, each one of `available` (`what` says which kind); `default` without it."""
+  wanted = tuple(int(v) for v in args.layers.split(',')) if args.layers else default
+  if not wanted or not set(wanted) <= set(available):
+    raise ValueError(f'--layers must name {what} of this network, {list(available)}; got {args.layers}')
+  return wanted
+
+
+def _conv_layers(args, model: network.ConvNet) -> tuple[int, ...]:
+  convs = tuple(c.layer for c in model.arch.convs)
+  return _layers(args, convs, convs, 'conv layers')
 
 
 def run_project(args, config, model, params, write: figures.Writer) -> None:
@@ -99,40 +98,19 @@ def run_project(args, config, model, params, write: figures.Writer) -> None:
   recon = np.asarray(deconvnet.paste(proj, arch.image_size)[0])
   name = f'project_layer{layer}_map{channel}_y{y}_x{x}'
   np.save(write.path(name + '.npy'), recon)
-  top, left = int(proj.top[0]), int(proj.left[0])
-  r = proj.patches.shape[1]
-  box = receptive_field.receptive_field(arch, layer, y, x)
-  plt = figures.pyplot()
-  fig, axes = plt.subplots(1, 3, figsize=(10, 3.8))
-  axes[0].imshow(figures.to_display(image, config))
-  axes[0].add_patch(plt.Rectangle((box[1] - 0.5, box[0] - 0.5), box[3] - box[1], box[2] - box[0], fill=False,
-                                  edgecolor='red', linewidth=1.5))
-  axes[0].set_title(f'{source}\nreceptive field (red)', fontsize=9)
-  axes[1].imshow(figures.to_display(image[top:top + r, left:left + r], config), interpolation='nearest')
-  axes[1].set_title('image patch', fontsize=9)
-  axes[2].imshow(figures.reconstruction_display(recon[top:top + r, left:left + r]), interpolation='nearest')
-  axes[2].set_title(f'projection of layer {layer}, map {channel}\nat ({y}, {x}), activation {value:.3g}', fontsize=9)
-  for ax in axes:
-    ax.set_axis_off()
+  fig = figures.project_figure(image, recon, (int(proj.top[0]), int(proj.left[0])), proj.patches.shape[1],
+                               receptive_field.receptive_field(arch, layer, y, x), config, source, layer, channel,
+                               (int(y), int(x)), value)
   write.figure(name + '.png', fig)
 
 
-def choose_maps(top: topk.TopK, count: int, rng: np.random.Generator) -> np.ndarray:
-  """`count` feature maps (0: all), at random among those that fire at all, in index order."""
-  value = np.asarray(top.value)[:, 0]
-  if count <= 0 or count >= len(value):
-    return np.arange(len(value))
-  alive, dead = np.flatnonzero(value > 0), np.flatnonzero(value <= 0)
-  picked = rng.choice(alive, min(count, len(alive)), replace=False)
-  return np.sort(np.concatenate([picked, dead[:count - len(picked)]]))
-
-
 def run_topk(args, config, model, params, write: figures.Writer) -> None:
-  layer_numbers = _layers(args, model)
-  tops = topk.stream_topk(model, params, batches(config, args.split, args.max_images), layer_numbers, k=args.k)
+  layer_numbers = _conv_layers(args, model)
+  batches = lambda: pipeline.split_batches(config, args.split, args.max_images)  # noqa: E731
+  tops = topk.stream_topk(model, params, batches(), layer_numbers, k=args.k)
   rng = np.random.default_rng(args.seed)
-  channels = {n: choose_maps(tops[n], args.maps, rng) for n in layer_numbers}
-  results = topk.project_topk(model, params, batches(config, args.split, args.max_images), tops, channels)
+  channels = {n: topk.choose_maps(tops[n], args.maps, rng) for n in layer_numbers}
+  results = topk.project_topk(model, params, batches(), tops, channels)
   for n, result in results.items():
     write.arrays(f'topk_layer{n}.npz', channel=result.channel, value=result.top.value, image=result.top.image,
                  y=result.top.y, x=result.top.x, reconstruction=result.reconstruction, patch=result.patch,
@@ -140,7 +118,7 @@ def run_topk(args, config, model, params, write: figures.Writer) -> None:
                  all_value=tops[n].value, all_image=tops[n].image, all_y=tops[n].y, all_x=tops[n].x)
     size = receptive_field.nominal(model.arch, n)[0]
     fig = figures.topk_figure(result, config, f'layer {n}: top {args.k} activations of {len(result.channel)} feature '
-                                       f'maps over {args.split} (projection | image patch, {size} px field)')
+                                              f'maps over {args.split} (projection | image patch, {size} px field)')
     write.figure(f'topk_layer{n}.png', fig)
 
 
@@ -148,20 +126,11 @@ def run_filters(args, config, model, params, write: figures.Writer) -> None:
   first = model.arch.convs[0]
   kernel = np.asarray(params[first.name]['kernel'])  # [k, k, C_in, F]
   np.save(write.path('filters_layer1.npy'), kernel)
-  tiles = figures.reconstruction_display(np.moveaxis(kernel, -1, 0))  # each filter on its own scale, grey = 0
-  zoom = max(1, 48 // first.kernel)
-  tiles = tiles.repeat(zoom, axis=1).repeat(zoom, axis=2)
-  rms = np.sqrt(np.mean(kernel ** 2, axis=(0, 1, 2)))
-  dead = int(np.sum(rms < 0.05 * np.median(rms)))
-  grid = figures.mosaic(tiles, int(np.ceil(np.sqrt(len(tiles)))), gap=2)
-  fig, _ = figures.image_figure(grid, f'layer-1 filters: {len(tiles)} of {first.kernel}x{first.kernel}, stride '
-                               f'{first.stride} ({dead} with RMS below 5% of the median)')
-  write.figure('filters_layer1.png', fig)
+  write.figure('filters_layer1.png', figures.filters_figure(kernel, first.stride))
 
 
 def run_occlusion(args, config, model, params, write: figures.Writer) -> None:
   image, label, source = _one_image(args, config)
-  names = _names(config)
   logits = jax.jit(network.forward, static_argnums=0)(model, params, image[None]).logits
   label = args.label if args.label is not None else label if label is not None else int(np.argmax(logits[0]))
   size = args.size or max(1, model.arch.image_size // 7)
@@ -176,56 +145,18 @@ def run_occlusion(args, config, model, params, write: figures.Writer) -> None:
   write.arrays('occlusion.npz', activity=maps.activity, probability=maps.probability, top_class=maps.top_class,
                feature=feature, rows=maps.rows, cols=maps.cols, size=size, stride=stride, label=label,
                image=image, projection=recon[0])
-  plt = figures.pyplot()
-  fig, axes = plt.subplots(1, 5, figsize=(20, 4.4))
-  s = model.arch.image_size
-  extent = (maps.cols[0] + size / 2 - stride / 2, maps.cols[-1] + size / 2 + stride / 2,
-            maps.rows[-1] + size / 2 + stride / 2, maps.rows[0] + size / 2 - stride / 2)  # square centres
-  axes[0].imshow(figures.to_display(image, config))
-  axes[0].add_patch(plt.Rectangle((-0.5, -0.5), size, size, color=(0.5, 0.5, 0.5), alpha=0.9))
-  axes[0].set_title(f'(a) {source}, true class {names[label]}\ngrey square {size} px, stride {stride}', fontsize=9)
-  panels = [(maps.activity, f'(b) total activity of layer-{top_layer} map {feature}', 'viridis'),
-            (maps.probability, f'(d) p({names[label]})', 'magma')]
-  for ax, (values, title, cmap) in zip((axes[1], axes[3]), panels):
-    shown = ax.imshow(np.asarray(values), extent=extent, cmap=cmap, interpolation='nearest')
-    bar = fig.colorbar(shown, ax=ax, fraction=0.046)
-    bar.formatter.set_useOffset(False)
-    ax.set_title(title + '\nby square position', fontsize=9)
-  axes[2].imshow(figures.reconstruction_display(np.asarray(recon[0])))
-  axes[2].set_title(f'(c) projection of map {feature}\'s strongest activation', fontsize=9)
-  top_class = np.asarray(maps.top_class)
-  present = np.unique(top_class)
-  shown = axes[4].imshow(np.searchsorted(present, top_class), extent=extent, cmap='tab20',
-                         vmin=-0.5, vmax=19.5, interpolation='nearest')
-  axes[4].set_title('(e) most probable class\nby square position', fontsize=9)
-  axes[4].legend(handles=[plt.Rectangle((0, 0), 1, 1, color=shown.cmap(shown.norm(i)))
-                          for i in range(min(len(present), 20))],
-                 labels=[names[c] for c in present[:20]], fontsize=7, loc='upper left', bbox_to_anchor=(1, 1))
-  for ax in axes:
-    ax.set_xlim(-0.5, s - 0.5), ax.set_ylim(s - 0.5, -0.5), ax.set_xticks([]), ax.set_yticks([])
+  fig = figures.occlusion_figure(maps, image, np.asarray(recon[0]), config, _names(config), label, source,
+                                 top_layer, size, stride)
   write.figure('occlusion.png', fig)
 
 
-def _image_set(args, config) -> tuple[np.ndarray, np.ndarray, list[str]]:
-  """`--images` files (with `--labels`), else `--count` images of the split (of class `--label` if given)."""
-  if args.images:
-    labels = args.labels or [0] * len(args.images)
-    if len(labels) != len(args.images):
-      raise ValueError(f'--labels needs one label per image: {len(args.images)} images, {len(labels)} labels')
-    return np.stack([preprocess.load_input(p, config) for p in args.images]), np.asarray(labels), \
-        [os.path.basename(p) for p in args.images]
-  want = (lambda i, label: True) if args.label is None else (lambda i, label: label == args.label)
-  images, labels, indices = split_images(config, args.split, want, args.count)
-  return images, labels, [f'{args.split} {i}' for i in indices]
-
-
 def run_correspondence(args, config, model, params, write: figures.Writer) -> None:
-  images, _, sources = _image_set(args, config)
+  layer_numbers = _layers(args, model.arch.layer_numbers, correspondence.default_layers(model.arch), 'layers')
+  images, _, names = _image_set(args, config)
   boxes = np.asarray(args.box * (len(images) if len(args.box) == 1 else 1))
   if boxes.shape != (len(images), 4):
     raise ValueError(f'give one --box T,L,H,W for all images or one per image ({len(images)}), got {len(args.box)}')
   measure = jax.jit(correspondence.correspondence, static_argnums=(0, 4))
-  layer_numbers = (5, 7)
   part = {n: float(v) for n, v in measure(model, params, images, boxes, layer_numbers).items()}
   rng = np.random.default_rng(args.seed)
   random = {n: [] for n in layer_numbers}
@@ -238,100 +169,51 @@ def run_correspondence(args, config, model, params, write: figures.Writer) -> No
   print('layer  Delta(masked part)  Delta(random masks, mean +- std over %d draws)' % args.random_draws)
   for n in layer_numbers:
     print(f'{n:5d}  {part[n]:18.4f}  {np.mean(random[n]):.4f} +- {np.std(random[n]):.4f}')
-  plt = figures.pyplot()
-  fig, axes = plt.subplots(1, len(images) + 1, figsize=(2.4 * (len(images) + 1), 2.8))
-  masked = correspondence.mask_boxes(jnp.asarray(images), jnp.asarray(boxes))
-  for ax, image, source in zip(axes, np.asarray(masked), sources):
-    ax.imshow(figures.to_display(image, config))
-    ax.set_title(source, fontsize=8)
-    ax.set_axis_off()
-  x = np.arange(len(layer_numbers))
-  axes[-1].bar(x - 0.2, [part[n] for n in layer_numbers], 0.4, label='masked part')
-  axes[-1].bar(x + 0.2, [np.mean(random[n]) for n in layer_numbers], 0.4,
-               yerr=[np.std(random[n]) for n in layer_numbers], label='random masks')
-  axes[-1].set_xticks(x, [f'layer {n}' for n in layer_numbers])
-  axes[-1].set_title('Delta (lower: more\nconsistent change)', fontsize=8)
-  axes[-1].legend(fontsize=7)
-  write.figure('correspondence.png', fig)
+  masked = np.asarray(correspondence.mask_boxes(jnp.asarray(images), jnp.asarray(boxes)))
+  write.figure('correspondence.png', figures.correspondence_figure(masked, names, part, random, config))
 
 
 def run_invariance(args, config, model, params, write: figures.Writer) -> None:
-  images, labels, sources = _image_set(args, config)
+  layer_numbers = _layers(args, model.arch.layer_numbers, invariance.default_layers(model.arch), 'layers')
+  images, labels, names = _image_set(args, config)
   s = model.arch.image_size
   amounts = {'translation': np.linspace(-0.27 * s, 0.27 * s, 13), 'scale': np.linspace(1.0, 1.8, 9),
              'rotation': np.arange(0.0, 361.0, 10.0)}
-  curve = jax.jit(invariance.invariance, static_argnums=(0, 4))
-  results = {kind: {k: np.asarray(v) for k, v in curve(model, params, images, labels, kind,
-                                                        jnp.asarray(amounts[kind], jnp.float32)).items()}
+  curve = jax.jit(invariance.invariance, static_argnames=('model', 'kind', 'layer_numbers'))
+  results = {kind: {k: np.asarray(v) for k, v in curve(model=model, params=params, images=images, labels=labels,
+                                                        kind=kind, amounts=jnp.asarray(amounts[kind], jnp.float32),
+                                                        layer_numbers=layer_numbers).items()}
              for kind in invariance.TRANSFORMS}
   write.arrays('invariance.npz', labels=labels, **{f'{kind}_amount': amounts[kind] for kind in results},
                **{f'{kind}_{k}': v for kind, r in results.items() for k, v in r.items()})
-  plt = figures.pyplot()
-  fig, axes = plt.subplots(3, 3, figsize=(12, 10))
-  units = {'translation': 'vertical shift (pixels)', 'scale': 'scale (ratio)', 'rotation': 'rotation (degrees)'}
-  names = _names(config)
-  for row, kind in enumerate(invariance.TRANSFORMS):
-    for col, (key, ylabel) in enumerate((('layer1', 'layer-1 distance'), ('layer7', 'layer-7 distance'),
-                                         ('probability', 'p(true class)'))):
-      ax = axes[row, col]
-      for i in range(len(images)):
-        ax.plot(amounts[kind], results[kind][key][i], marker='.', label=f'{sources[i]} ({names[labels[i]]})')
-      ax.set_xlabel(units[kind], fontsize=9)
-      ax.set_ylabel(ylabel, fontsize=9)
-  axes[0, 2].legend(fontsize=7)
-  fig.suptitle('Invariance (Fig. 5): Euclidean feature distance to the untransformed image, and the '
-               'true-class probability')
-  fig.tight_layout()
-  write.figure('invariance.png', fig)
+  class_names = _names(config)
+  write.figure('invariance.png', figures.invariance_figure(
+      amounts, results, [f'{name} ({class_names[label]})' for name, label in zip(names, labels)]))
 
 
 def run_evolution(args, config, model, params, write: figures.Writer) -> None:
   mngr = checkpointing.manager(args.workdir)
   checkpoints = list(mngr.all_steps())
   mngr.close()
-  layer_numbers = _layers(args, model)
+  layer_numbers = _conv_layers(args, model)
+  batches = lambda: pipeline.split_batches(config, args.split, args.max_images)  # noqa: E731
+  # the same maps at every checkpoint: chosen among those alive at the last one
+  _, last_params, _ = checkpointing.load_params(config, args.workdir, checkpoints[-1])
+  last = topk.stream_topk(model, last_params, batches(), layer_numbers, k=1)
+  rng = np.random.default_rng(args.seed)
+  channels = {n: topk.choose_maps(last[n], args.maps, rng) for n in layer_numbers}
   results = []
   for step in checkpoints:
-    _, step_params, _ = checkpointing.load_params(config, args.workdir, step)
-    tops = topk.stream_topk(model, step_params, batches(config, args.split, args.max_images), layer_numbers, k=1)
-    if not results:  # the same maps at every checkpoint: chosen among those alive at the last one
-      _, last_params, _ = checkpointing.load_params(config, args.workdir, checkpoints[-1])
-      last = tops if len(checkpoints) == 1 else topk.stream_topk(
-          model, last_params, batches(config, args.split, args.max_images), layer_numbers, k=1)
-      rng = np.random.default_rng(args.seed)
-      channels = {n: choose_maps(last[n], args.maps, rng) for n in layer_numbers}
-    results.append(topk.project_topk(model, step_params, batches(config, args.split, args.max_images), tops,
-                                         channels))
+    step_params = last_params if step == checkpoints[-1] else checkpointing.load_params(config, args.workdir, step)[1]
+    tops = last if step == checkpoints[-1] else topk.stream_topk(model, step_params, batches(), layer_numbers, k=1)
+    results.append(topk.project_topk(model, step_params, batches(), tops, channels))
+  values = {n: np.stack([r[n].top.value[:, 0] for r in results]) for n in layer_numbers}
+  reconstructions = {n: np.stack([r[n].reconstruction[:, 0] for r in results]) for n in layer_numbers}
   write.arrays('evolution.npz', steps=np.asarray(checkpoints),
                **{f'layer{n}_channel': channels[n] for n in layer_numbers},
-               **{f'layer{n}_value': np.stack([r[n].top.value[:, 0] for r in results]) for n in layer_numbers},
-               **{f'layer{n}_reconstruction': np.stack([r[n].reconstruction[:, 0] for r in results])
-                  for n in layer_numbers})
-  plt = figures.pyplot()
-  rows = max(len(channels[n]) for n in layer_numbers)
-  fig, axes = plt.subplots(1, len(layer_numbers), figsize=(0.9 * len(checkpoints) * len(layer_numbers) + 1.5,
-                                                          0.9 * rows + 1.2), squeeze=False, layout='constrained')
-  for ax, n in zip(axes[0], layer_numbers):
-    tiles = np.stack([figures.reconstruction_display(r[n].reconstruction[:, 0]) for r in results], axis=1)  # [M, T, ...]
-    ax.imshow(figures.mosaic(tiles.reshape(-1, *tiles.shape[2:]), len(checkpoints), gap=max(1, tiles.shape[2] // 16)),
-              interpolation='nearest')
-    size = tiles.shape[2] + max(1, tiles.shape[2] // 16)
-    ax.set_yticks(np.arange(len(channels[n])) * size + size / 2, [f'map {c}' for c in channels[n]], fontsize=7)
-    ax.set_xticks(np.arange(len(checkpoints)) * size + size / 2, [str(s) for s in checkpoints], fontsize=7,
-                  rotation=90)
-    ax.set_title(f'layer {n}', fontsize=9)
-    ax.set_xlabel('training step', fontsize=7)
-  fig.suptitle('Feature evolution (Fig. 4): each map\'s strongest activation over the split, projected, '
-               'at every checkpoint', fontsize=9)
-  write.figure('evolution.png', fig)
-
-
-def _layers(args, model) -> tuple[int, ...]:
-  available = [c.layer for c in model.arch.convs]
-  wanted = tuple(int(v) for v in args.layers.split(',')) if args.layers else tuple(available)
-  if not set(wanted) <= set(available):
-    raise ValueError(f'--layers must name conv layers of this network, {available}; got {args.layers}')
-  return wanted
+               **{f'layer{n}_value': values[n] for n in layer_numbers},
+               **{f'layer{n}_reconstruction': reconstructions[n] for n in layer_numbers})
+  write.figure('evolution.png', figures.evolution_figure(checkpoints, channels, reconstructions))
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -377,7 +259,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--box', nargs='+', required=True, type=lambda v: [int(i) for i in v.split(',')],
                  help='TOP,LEFT,HEIGHT,WIDTH in network-input pixels: one for all images, or one per image')
   p.add_argument('--random_draws', type=int, default=10, help='random-mask draws for the baseline')
-  sub.add_parser('invariance', parents=[common, many], help='Fig. 5: invariance curves')
+  p.add_argument('--layers', help='comma-separated layers, conv or fc (default: the last conv and the last '
+                 'hidden layer present; 5,7 in the full network)')
+  p = sub.add_parser('invariance', parents=[common, many], help='Fig. 5: invariance curves')
+  p.add_argument('--layers', help='comma-separated layers, conv or fc (default: the first and the last hidden '
+                 'layer present; 1,7 in the full network)')
   p = sub.add_parser('evolution', parents=[common, dataset], help='Fig. 4: features across checkpoints')
   p.add_argument('--maps', type=int, default=8, help=maps_help)
   return parser

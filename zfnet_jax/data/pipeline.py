@@ -8,7 +8,7 @@ the batches an uninterrupted run would. Evaluation batches are padded to a fixed
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 import ml_collections
 import numpy as np
@@ -96,3 +96,37 @@ def eval_batches(config: ml_collections.ConfigDict, split_name: str | None = Non
                                           'label': tf.constant(0, tf.int32), 'mask': tf.constant(0, tf.int32)})
   ds = ds.concatenate(padding.repeat()).batch(host_batch).take(num_steps).prefetch(tf.data.AUTOTUNE)
   return iter(tfds.as_numpy(ds)), num_steps, split.num_examples
+
+
+def split_batches(config: ml_collections.ConfigDict, split: str | None = None,
+                  max_images: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """The split's evaluation batches on one host, in a fixed order (`eval_batches`), with `mask` 0 from
+  image `max_images` on and no batch after the one that holds it."""
+  stream, _, _ = eval_batches(config, split)
+  seen = 0
+  for batch in stream:
+    if max_images is not None:
+      if seen >= max_images:
+        return
+      batch['mask'] = np.where(seen + np.arange(len(batch['mask'])) < max_images, batch['mask'], 0)
+    seen += len(batch['mask'])
+    yield batch
+
+
+def first_images(config: ml_collections.ConfigDict, split: str | None, keep: Callable[[int, int], bool],
+                 count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The first `count` images `i` of the split with `keep(i, label)`, preprocessed for evaluation.
+
+  Returns:
+    `(images [count, S, S, C] float32, labels [count] int, indices [count] int)`.
+  """
+  images, labels, indices, seen = [], [], [], 0
+  for batch in split_batches(config, split):
+    for image, label, mask in zip(batch['image'], batch['label'], batch['mask']):
+      if mask and keep(seen, int(label)):
+        images.append(image), labels.append(int(label)), indices.append(seen)
+      seen += int(mask)
+      if len(images) == count:
+        return np.stack(images), np.asarray(labels), np.asarray(indices)
+  raise ValueError(f'split {split or config.dataset.eval_split!r} has only {len(images)} of the {count} images '
+                   f'asked for')

@@ -31,10 +31,17 @@ def sign_disagreement(eps: jax.Array) -> jax.Array:
   return jnp.sum(differ) / (n * (n - 1))
 
 
+def default_layers(arch: network.Architecture) -> tuple[int, ...]:
+  """Table 1's layers 5 and 7 in any network: the last conv layer and the last hidden layer present."""
+  return tuple(dict.fromkeys((arch.convs[-1].layer, arch.layer_numbers[-1])))
+
+
 def correspondence(model: network.ConvNet, params: Any, images: jax.Array, boxes: jax.Array,
-                   layer_numbers: tuple[int, ...] = (5, 7), fill: float = 0.0) -> dict[int, jax.Array]:
+                   layer_numbers: tuple[int, ...] | None = None, fill: float = 0.0) -> dict[int, jax.Array]:
   """Table 1: `{layer: Delta_l}` for `[N, H, W, C]` images with the same part masked by `boxes` `[N, 4]`
-  (top, left, height, width); eps_i = features of image i minus those of its masked copy."""
+  (top, left, height, width) at each of `layer_numbers` (default: `default_layers`); eps_i = features of
+  image i minus those of its masked copy."""
+  layer_numbers = default_layers(model.arch) if layer_numbers is None else layer_numbers
   plain = network.forward(model, params, images).layers
   masked = network.forward(model, params, mask_boxes(images, boxes, fill)).layers
   return {n: sign_disagreement((plain[f'layer{n}'] - masked[f'layer{n}']).reshape(len(images), -1))

@@ -1,4 +1,5 @@
-"""Figures of the deconvnet and the analyses: network inputs and projections as pixels, mosaics, writers.
+"""Figures of the deconvnet and the analyses: inputs and projections as pixels, mosaics, one figure per
+visualize command (a function of the arrays it computed, returning a matplotlib Figure), the writer.
 
 Display conventions: network inputs go back to RGB pixels in [0, 1] (the config's normalisation undone,
 grey repeated to 3 channels); projections are scaled each on its own, with grey at zero.
@@ -103,4 +104,143 @@ def topk_figure(result: topk.TopKProjections, config, title: str):
     r, c = divmod(i, columns)
     ax.text(c * (w + gap), r * (h + gap), f'map {channel}', fontsize=7, color='yellow', va='top',
             bbox={'facecolor': 'black', 'alpha': 0.6, 'pad': 1, 'linewidth': 0})
+  return fig
+
+
+def project_figure(image: np.ndarray, reconstruction: np.ndarray, window: tuple[int, int], size: int,
+                   box: tuple[int, int, int, int], config: ml_collections.ConfigDict, source: str, layer: int,
+                   channel: int, position: tuple[int, int], value: float):
+  """Section 2.1 for one activation: the image with the unit's receptive field `box` (top, left, bottom,
+  right), the `size` image patch at `window` (top, left), and the projection `[H, W, C]` cropped to it."""
+  plt = pyplot()
+  top, left = window
+  fig, axes = plt.subplots(1, 3, figsize=(10, 3.8))
+  axes[0].imshow(to_display(image, config))
+  axes[0].add_patch(plt.Rectangle((box[1] - 0.5, box[0] - 0.5), box[3] - box[1], box[2] - box[0], fill=False,
+                                  edgecolor='red', linewidth=1.5))
+  axes[0].set_title(f'{source}\nreceptive field (red)', fontsize=9)
+  axes[1].imshow(to_display(image[top:top + size, left:left + size], config), interpolation='nearest')
+  axes[1].set_title('image patch', fontsize=9)
+  axes[2].imshow(reconstruction_display(reconstruction[top:top + size, left:left + size]), interpolation='nearest')
+  axes[2].set_title(f'projection of layer {layer}, map {channel}\nat {tuple(position)}, activation {value:.3g}',
+                    fontsize=9)
+  for ax in axes:
+    ax.set_axis_off()
+  return fig
+
+
+def filters_figure(kernel: np.ndarray, stride: int):
+  """Fig. 6: first-layer filters `[k, k, C_in, F]`, each on its own scale with grey at zero."""
+  k = kernel.shape[0]
+  tiles = reconstruction_display(np.moveaxis(kernel, -1, 0))
+  zoom = max(1, 48 // k)
+  tiles = tiles.repeat(zoom, axis=1).repeat(zoom, axis=2)
+  rms = np.sqrt(np.mean(kernel ** 2, axis=(0, 1, 2)))
+  dead = int(np.sum(rms < 0.05 * np.median(rms)))
+  grid = mosaic(tiles, int(np.ceil(np.sqrt(len(tiles)))), gap=2)
+  fig, _ = image_figure(grid, f'layer-1 filters: {len(tiles)} of {k}x{k}, stride {stride} ({dead} with RMS '
+                              f'below 5% of the median)')
+  return fig
+
+
+def occlusion_figure(maps: Any, image: np.ndarray, reconstruction: np.ndarray, config: ml_collections.ConfigDict,
+                     names: list[str], label: int, source: str, layer: int, size: int, stride: int):
+  """Fig. 7 (a)-(e) from `occlusion.OcclusionMaps` of `image` `[S, S, C]` with a `size` square every `stride`
+  pixels, and the projection `[S, S, C]` of the top conv `layer`'s strongest activation of `maps.feature`."""
+  plt = pyplot()
+  fig, axes = plt.subplots(1, 5, figsize=(20, 4.4))
+  s = image.shape[0]
+  extent = (maps.cols[0] + size / 2 - stride / 2, maps.cols[-1] + size / 2 + stride / 2,
+            maps.rows[-1] + size / 2 + stride / 2, maps.rows[0] + size / 2 - stride / 2)  # square centres
+  axes[0].imshow(to_display(image, config))
+  axes[0].add_patch(plt.Rectangle((-0.5, -0.5), size, size, color=(0.5, 0.5, 0.5), alpha=0.9))
+  axes[0].set_title(f'(a) {source}, true class {names[label]}\ngrey square {size} px, stride {stride}', fontsize=9)
+  panels = [(maps.activity, f'(b) total activity of layer-{layer} map {int(maps.feature)}', 'viridis'),
+            (maps.probability, f'(d) p({names[label]})', 'magma')]
+  for ax, (values, title, cmap) in zip((axes[1], axes[3]), panels):
+    shown = ax.imshow(np.asarray(values), extent=extent, cmap=cmap, interpolation='nearest')
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046)
+    bar.formatter.set_useOffset(False)
+    ax.set_title(title + '\nby square position', fontsize=9)
+  axes[2].imshow(reconstruction_display(np.asarray(reconstruction)))
+  axes[2].set_title(f'(c) projection of map {int(maps.feature)}\'s strongest activation', fontsize=9)
+  top_class = np.asarray(maps.top_class)
+  present = np.unique(top_class)
+  shown = axes[4].imshow(np.searchsorted(present, top_class), extent=extent, cmap='tab20',
+                         vmin=-0.5, vmax=19.5, interpolation='nearest')
+  axes[4].set_title('(e) most probable class\nby square position', fontsize=9)
+  axes[4].legend(handles=[plt.Rectangle((0, 0), 1, 1, color=shown.cmap(shown.norm(i)))
+                          for i in range(min(len(present), 20))],
+                 labels=[names[c] for c in present[:20]], fontsize=7, loc='upper left', bbox_to_anchor=(1, 1))
+  for ax in axes:
+    ax.set_xlim(-0.5, s - 0.5), ax.set_ylim(s - 0.5, -0.5), ax.set_xticks([]), ax.set_yticks([])
+  return fig
+
+
+def correspondence_figure(masked: np.ndarray, sources: list[str], part: dict[int, float],
+                          random: dict[int, list[float]], config: ml_collections.ConfigDict):
+  """Table 1 as a figure: the `[N, S, S, C]` masked images, and per layer the Delta of the masked part
+  beside the mean +- std of the random masks' Deltas."""
+  plt = pyplot()
+  layer_numbers = list(part)
+  fig, axes = plt.subplots(1, len(masked) + 1, figsize=(2.4 * (len(masked) + 1), 2.8))
+  for ax, image, source in zip(axes, masked, sources):
+    ax.imshow(to_display(image, config))
+    ax.set_title(source, fontsize=8)
+    ax.set_axis_off()
+  x = np.arange(len(layer_numbers))
+  axes[-1].bar(x - 0.2, [part[n] for n in layer_numbers], 0.4, label='masked part')
+  axes[-1].bar(x + 0.2, [np.mean(random[n]) for n in layer_numbers], 0.4,
+               yerr=[np.std(random[n]) for n in layer_numbers], label='random masks')
+  axes[-1].set_xticks(x, [f'layer {n}' for n in layer_numbers])
+  axes[-1].set_title('Delta (lower: more\nconsistent change)', fontsize=8)
+  axes[-1].legend(fontsize=7)
+  return fig
+
+
+INVARIANCE_UNITS = {'translation': 'vertical shift (pixels)', 'scale': 'scale (ratio)',
+                    'rotation': 'rotation (degrees)'}
+
+
+def invariance_figure(amounts: dict[str, np.ndarray], results: dict[str, dict[str, np.ndarray]],
+                      curve_labels: list[str]):
+  """Fig. 5: per transformation (rows) and per layer distance `'layer{n}'` and `'probability'` (columns),
+  one curve `[T]` per image over the `amounts` `[T]` of that transformation."""
+  plt = pyplot()
+  kinds = list(results)
+  keys = list(results[kinds[0]])
+  fig, axes = plt.subplots(len(kinds), len(keys), figsize=(4 * len(keys), 3.3 * len(kinds)), squeeze=False)
+  for row, kind in enumerate(kinds):
+    for col, key in enumerate(keys):
+      ax = axes[row, col]
+      for i, label in enumerate(curve_labels):
+        ax.plot(amounts[kind], results[kind][key][i], marker='.', label=label)
+      ax.set_xlabel(INVARIANCE_UNITS[kind], fontsize=9)
+      ax.set_ylabel('p(true class)' if key == 'probability' else f'layer-{key[len("layer"):]} distance', fontsize=9)
+  axes[0, -1].legend(fontsize=7)
+  fig.suptitle('Invariance (Fig. 5): Euclidean feature distance to the untransformed image, and the '
+               'true-class probability')
+  fig.tight_layout()
+  return fig
+
+
+def evolution_figure(steps: list[int], channels: dict[int, np.ndarray], reconstructions: dict[int, np.ndarray]):
+  """Fig. 4: per layer, each map's strongest activation projected (`reconstructions[layer]`
+  `[T, M, R, R, C]`), one column per checkpoint step `[T]`."""
+  plt = pyplot()
+  layer_numbers = list(channels)
+  rows = max(len(channels[n]) for n in layer_numbers)
+  fig, axes = plt.subplots(1, len(layer_numbers), figsize=(0.9 * len(steps) * len(layer_numbers) + 1.5,
+                                                          0.9 * rows + 1.2), squeeze=False, layout='constrained')
+  for ax, n in zip(axes[0], layer_numbers):
+    tiles = np.moveaxis(reconstruction_display(reconstructions[n]), 0, 1)  # [M, T, R, R, 3]
+    gap = max(1, tiles.shape[2] // 16)
+    ax.imshow(mosaic(tiles.reshape(-1, *tiles.shape[2:]), len(steps), gap=gap), interpolation='nearest')
+    size = tiles.shape[2] + gap
+    ax.set_yticks(np.arange(len(channels[n])) * size + size / 2, [f'map {c}' for c in channels[n]], fontsize=7)
+    ax.set_xticks(np.arange(len(steps)) * size + size / 2, [str(s) for s in steps], fontsize=7, rotation=90)
+    ax.set_title(f'layer {n}', fontsize=9)
+    ax.set_xlabel('training step', fontsize=7)
+  fig.suptitle('Feature evolution (Fig. 4): each map\'s strongest activation over the split, projected, '
+               'at every checkpoint', fontsize=9)
   return fig

@@ -31,21 +31,29 @@ def transform(image: jax.Array, kind: str, amount: jax.Array, fill: float = 0.0)
                     for i in range(image.shape[-1])], axis=-1)
 
 
+def default_layers(arch: network.Architecture) -> tuple[int, ...]:
+  """Fig. 5's layers 1 and 7 in any network: the first conv layer and the last hidden layer present."""
+  return tuple(dict.fromkeys((arch.layer_numbers[0], arch.layer_numbers[-1])))
+
+
 def invariance(model: network.ConvNet, params: Any, images: jax.Array, labels: jax.Array, kind: str,
-               amounts: jax.Array, fill: float = 0.0) -> dict[str, jax.Array]:
+               amounts: jax.Array, fill: float = 0.0,
+               layer_numbers: tuple[int, ...] | None = None) -> dict[str, jax.Array]:
   """Fig. 5 for one transformation: every `[N, H, W, C]` image transformed by every amount `[T]`.
 
   Returns:
-    `{'layer1': [N, T], 'layer7': [N, T]}` Euclidean distances of the layer's features to those of the
-    untransformed image, and `'probability'` `[N, T]` of the true class.
+    `{'layer{n}': [N, T]}` for each of `layer_numbers` (default: `default_layers`), the Euclidean
+    distances of the layer's features to those of the untransformed image, and `'probability'` `[N, T]`
+    of the true class.
   """
+  layer_numbers = default_layers(model.arch) if layer_numbers is None else layer_numbers
   n, t = images.shape[0], amounts.shape[0]
   moved = jax.vmap(lambda im: jax.vmap(lambda a: transform(im, kind, a, fill))(amounts))(images)
   out = network.forward(model, params, moved.reshape(n * t, *images.shape[1:]))
   probs, feats = jax.nn.softmax(out.logits), out.layers
   ref = network.forward(model, params, images).layers
   out = {}
-  for name in ('layer1', 'layer7'):
+  for name in [f'layer{layer}' for layer in layer_numbers]:
     f = feats[name].reshape(n, t, -1)
     out[name] = jnp.linalg.norm(f - ref[name].reshape(n, 1, -1), axis=-1)
   out['probability'] = jnp.take_along_axis(probs.reshape(n, t, -1), labels[:, None, None], axis=-1)[..., 0]

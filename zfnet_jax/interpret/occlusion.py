@@ -11,10 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from zfnet_jax.model import layers, network, receptive_field
+from zfnet_jax.model import network, receptive_field
 from zfnet_jax.model.receptive_field import Step
 
-_DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 class OcclusionMaps(NamedTuple):
   """Fig. 7's maps, one entry per position of the square; `[Ny, Nx]` each."""
@@ -32,33 +31,12 @@ def _forward_steps(arch: network.Architecture) -> list[Step]:
 
 
 def _apply_step(arch: network.Architecture, params: Any, step: Step, x: jax.Array, whole: bool = True) -> jax.Array:
-  """One step as `network.ConvNet` computes it: conv -> ReLU (-> LRN), or max-pool (-> LRN), on `[B, n, n, C]`.
-
-  `whole=False` treats `x` as a region already cut (with padding) from the step's input map: a valid conv,
-  or floor-mode pooling over exactly it.
-  """
+  """One step of `network.ConvNet` (its conv stage or its pool stage) on `[B, n, n, C]`; `whole=False`
+  treats `x` as a region already cut (with padding) from the step's input map."""
   spec = {c.layer: c for c in arch.convs}[step.layer]
   if step.kind == 'conv':
-    p = params[spec.name]
-    pad = step.padding if whole else 0
-    x = lax.conv_general_dilated(x, p['kernel'], (step.stride,) * 2, [(pad, pad)] * 2,
-                                 dimension_numbers=_DIMS) + p['bias']
-    x = jax.nn.relu(x)
-    lrn = spec.lrn and (arch.lrn_position == 'before_pool' or not spec.pool)
-  else:
-    x = layers.max_pool(x, step.size, step.stride, arch.pool_ceil and whole)
-    lrn = spec.lrn and arch.lrn_position == 'after_pool'
-  if lrn:
-    x = layers.local_response_norm(x, arch.lrn_size, arch.lrn_k, arch.lrn_alpha, arch.lrn_beta)
-  return x
-
-
-def _head(arch: network.Architecture, params: Any, x: jax.Array) -> jax.Array:
-  """Fully connected layers 6-8 (no dropout): top conv map `[B, n, n, C]` -> logits `[B, classes]`."""
-  x = x.reshape(x.shape[0], -1)
-  for n, _ in arch.fcs:
-    x = jax.nn.relu(x @ params[f'fc{n}']['kernel'] + params[f'fc{n}']['bias'])
-  return x @ params['fc8']['kernel'] + params['fc8']['bias']
+    return network.conv_stage(arch, spec, params[spec.name], x, whole)
+  return network.pool_stage(arch, spec, x, whole)[0]
 
 
 class _LocalStep(NamedTuple):
@@ -138,7 +116,7 @@ def occlusion(model: network.ConvNet, params: Any, image: jax.Array, label: int 
     rest = lax.dynamic_update_slice(base[len(plan)][0], window, (*start, 0))[None]
     for step in all_steps[len(plan):]:
       rest = _apply_step(arch, params, step, rest)
-    probs = jax.nn.softmax(_head(arch, params, rest)[0])
+    probs = jax.nn.softmax(network.head(arch, params, rest)[0])
     return jnp.sum(rest[0, ..., feature]), probs[label], jnp.argmax(probs).astype(jnp.int32)
 
   grid = jnp.stack(jnp.meshgrid(jnp.asarray(rows), jnp.asarray(rows), indexing='ij'), -1).reshape(-1, 2)

@@ -149,3 +149,13 @@ def project_topk(model: network.ConvNet, params: Any, batches: Iterable[dict[str
           result.window[r[j], c[j]] = (top, left)
     seen += len(batch['mask'])
   return out
+
+
+def choose_maps(top: TopK, count: int, rng: np.random.Generator) -> np.ndarray:
+  """`count` feature maps of `top` (0: all), at random among those that fire at all, in index order."""
+  value = np.asarray(top.value)[:, 0]
+  if count <= 0 or count >= len(value):
+    return np.arange(len(value))
+  alive, dead = np.flatnonzero(value > 0), np.flatnonzero(value <= 0)
+  picked = rng.choice(alive, min(count, len(alive)), replace=False)
+  return np.sort(np.concatenate([picked, dead[:count - len(picked)]]))

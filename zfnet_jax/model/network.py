@@ -8,12 +8,13 @@ Flax module; `Architecture` is also what the deconvnet and the receptive-field c
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax import lax
 
 from zfnet_jax.model import layers
 
@@ -94,6 +95,11 @@ class Architecture:
     arch.map_sizes()  # raises if a map shrinks away
     return arch
 
+  @property
+  def layer_numbers(self) -> tuple[int, ...]:
+    """The paper's numbers of the layers present, conv then fc hidden layers (e.g. `(1, 2, 5, 6, 7)`)."""
+    return tuple(c.layer for c in self.convs) + tuple(n for n, _ in self.fcs)
+
   def map_sizes(self) -> dict[str, tuple[int, int]]:
     """Spatial size of every conv layer's output before and after pooling, for `image_size` input.
 
@@ -127,14 +133,83 @@ KERNEL_INITS = {
 }
 
 
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def conv_stage(arch: Architecture, spec: ConvSpec, p: dict, x: jax.Array, whole: bool = True) -> jax.Array:
+  """Layer `spec`'s conv -> ReLU, with LRN where it comes before the pool (or the layer has no pool).
+
+  Args:
+    p: `{'kernel': [k, k, C_in, F], 'bias': [F]}`, in the compute dtype of `x`.
+    x: `[B, H, W, C_in]` the layer's input map; with `whole=False` a window already cut from it, padding
+      included, so the conv is a valid one.
+  Returns:
+    `[B, H', W', F]`.
+  """
+  pad = spec.padding if whole else 0
+  x = lax.conv_general_dilated(x, p['kernel'], (spec.stride, spec.stride), [(pad, pad)] * 2,
+                               dimension_numbers=_DIMS) + p['bias']
+  x = jax.nn.relu(x)
+  if spec.lrn and (arch.lrn_position == 'before_pool' or not spec.pool):
+    x = _lrn(arch, x)
+  return x
+
+
+def pool_stage(arch: Architecture, spec: ConvSpec, x: jax.Array, whole: bool = True,
+               record: bool = False) -> tuple[jax.Array, jax.Array | None]:
+  """Layer `spec`'s max-pool, with LRN where it comes after the pool: `[B, H, W, C]` -> `([B, Ho, Wo, C],
+  switches)`; the switches (int32 `[B, Ho, Wo, C]`, see `layers.max_pool_with_switches`) only with `record`,
+  else None. `whole=False` pools a window cut from the map in floor mode, over exactly it."""
+  ceil = arch.pool_ceil and whole
+  switches = None
+  if record:
+    x, switches = layers.max_pool_with_switches(x, arch.pool_window, arch.pool_stride, ceil)
+  else:
+    x = layers.max_pool(x, arch.pool_window, arch.pool_stride, ceil)
+  if spec.lrn and arch.lrn_position == 'after_pool':
+    x = _lrn(arch, x)
+  return x, switches
+
+
+def dense(p: dict, x: jax.Array) -> jax.Array:
+  """`[B, D]` -> `[B, F]` with `p = {'kernel': [D, F], 'bias': [F]}` (no activation)."""
+  return x @ p['kernel'] + p['bias']
+
+
+def head(arch: Architecture, params: Any, x: jax.Array,
+         after_hidden: Callable[[int, jax.Array], jax.Array] = lambda n, h: h) -> jax.Array:
+  """The fully connected layers: the last conv map `[B, n, n, C]` -> logits `[B, num_classes]`.
+
+  Each hidden layer is dense -> ReLU; `after_hidden(layer, h)` sees its output and returns what goes on
+  (`ConvNet` records it and applies dropout there)."""
+  x = x.reshape((x.shape[0], -1))
+  for n, _ in arch.fcs:
+    x = after_hidden(n, jax.nn.relu(dense(params[f'fc{n}'], x)))
+  return dense(params['fc8'], x)
+
+
+def _lrn(arch: Architecture, x: jax.Array) -> jax.Array:
+  return layers.local_response_norm(x, arch.lrn_size, arch.lrn_k, arch.lrn_alpha, arch.lrn_beta)
+
+
+class _Weights(nn.Module):
+  """Declares one layer's `kernel` (drawn by `init`) and zero `bias`, as `nn.Conv` / `nn.Dense` would."""
+  kernel_shape: tuple[int, ...]
+  init: Callable
+
+  @nn.compact
+  def __call__(self) -> dict:
+    return {'kernel': self.param('kernel', self.init, self.kernel_shape, jnp.float32),
+            'bias': self.param('bias', nn.initializers.zeros_init(), self.kernel_shape[-1:], jnp.float32)}
+
+
 class ConvNet(nn.Module):
-  """ZFNet-family classifier.
+  """ZFNet-family classifier: the stage functions above, over parameters named `conv{n}`, `fc{n}`, `fc8`.
 
   Layer outputs (after ReLU, pooling and normalisation; for fc layers after ReLU) are sown into the
   `intermediates` collection as `layer1`..`layer7` when it is mutable; with `record=True` the
-  max-pool switches are sown into `switches` as `pool{n}` (for the deconvnet; not `conv{n}`, which
-  would clash with the conv submodule's scope) and the pre-pool maps into `intermediates` as
-  `conv{n}_prepool`.
+  max-pool switches are sown into `switches` as `pool{n}` (for the deconvnet) and the pre-pool maps
+  into `intermediates` as `conv{n}_prepool`.
   """
   arch: Architecture
   dtype: Any = jnp.float32
@@ -145,35 +220,29 @@ class ConvNet(nn.Module):
     """`[B, H, W, in_channels]` images -> `[B, num_classes]` logits."""
     a = self.arch
     init = KERNEL_INITS[self.kernel_init]
+    cast = lambda p: jax.tree_util.tree_map(lambda v: v.astype(self.dtype), p)  # noqa: E731
     x = x.astype(self.dtype)
     for c in a.convs:
-      x = nn.Conv(c.features, (c.kernel, c.kernel), (c.stride, c.stride), padding=[(c.padding, c.padding)] * 2,
-                  dtype=self.dtype, kernel_init=init, name=c.name)(x)
-      x = nn.relu(x)
-      if c.lrn and a.lrn_position == 'before_pool':
-        x = self._lrn(x)
+      p = _Weights((c.kernel, c.kernel, x.shape[-1], c.features), init, name=c.name)()
+      x = conv_stage(a, c, cast(p), x)
       if c.pool:
         if record:
           self.sow('intermediates', f'{c.name}_prepool', x)
-          x, switches = layers.max_pool_with_switches(x, a.pool_window, a.pool_stride, a.pool_ceil)
+        x, switches = pool_stage(a, c, x, record=record)
+        if record:
           self.sow('switches', f'pool{c.layer}', switches)
-        else:
-          x = layers.max_pool(x, a.pool_window, a.pool_stride, a.pool_ceil)
-      if c.lrn and a.lrn_position == 'after_pool':
-        x = self._lrn(x)
       self.sow('intermediates', f'layer{c.layer}', x)
-    x = x.reshape((x.shape[0], -1))
-    for n, width in a.fcs:
-      x = nn.Dense(width, dtype=self.dtype, kernel_init=init, name=f'fc{n}')(x)
-      x = nn.relu(x)
-      self.sow('intermediates', f'layer{n}', x)
-      x = nn.Dropout(a.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(a.num_classes, dtype=self.dtype, kernel_init=init, name='fc8')(x)
-    return x.astype(jnp.float32)
+    params = {}
+    width = x.shape[1] * x.shape[2] * x.shape[3]
+    for n, features in a.fcs:
+      params[f'fc{n}'] = cast(_Weights((width, features), init, name=f'fc{n}')())
+      width = features
+    params['fc8'] = cast(_Weights((width, a.num_classes), init, name='fc8')())
 
-  def _lrn(self, x: jax.Array) -> jax.Array:
-    a = self.arch
-    return layers.local_response_norm(x, a.lrn_size, a.lrn_k, a.lrn_alpha, a.lrn_beta)
+    def hidden(n: int, h: jax.Array) -> jax.Array:
+      self.sow('intermediates', f'layer{n}', h)
+      return nn.Dropout(a.dropout_rate, deterministic=not train)(h)
+    return head(a, params, x, hidden).astype(jnp.float32)
 
 
 class Forward(NamedTuple):
