@@ -315,19 +315,23 @@ def build(config: ml_collections.ConfigDict, workdir: str, out: str, *, max_imag
   for n in layers:
     data['layers'][n] = manifest.get(f'layer{n}', wanted[n])
 
-  picks = _first_images(config, split, max(occlusion_images, invariance_images))
+  picked: list = []
+  def picks():  # read only when a part needs them
+    if not picked:
+      picked.extend(_first_images(config, split, max(occlusion_images, invariance_images)))
+    return picked
   options = {**base, 'count': occlusion_images}
   data['occlusion'] = manifest.get('occlusion', options)
   if data['occlusion'] is None:
     data['occlusion'] = manifest.put('occlusion', options, write_occlusion(
-        out, config, model, params, picks[0][:occlusion_images], picks[1][:occlusion_images]))
+        out, config, model, params, picks()[0][:occlusion_images], picks()[1][:occlusion_images]))
   progress.step('occlusion maps')
   has_layer7 = any(n == 7 for n, _ in model.arch.fcs)
   options = {**base, 'count': invariance_images}
   data['invariance'] = manifest.get('invariance', options) if has_layer7 else None
   if has_layer7 and data['invariance'] is None:
     data['invariance'] = manifest.put('invariance', options, invariance_curves(
-        model, params, picks[0][:invariance_images], picks[1][:invariance_images]))
+        model, params, picks()[0][:invariance_images], picks()[1][:invariance_images]))
   progress.step('invariance curves')
   data['evolution'] = None
   if len(all_steps) > 1:
@@ -337,7 +341,7 @@ def build(config: ml_collections.ConfigDict, workdir: str, out: str, *, max_imag
       progress.add(2 * len(all_steps))
       data['evolution'] = manifest.put('evolution', options, write_evolution(
           out, config, workdir, model, all_steps, layers, max_images, split, progress))
-  data['eval'] = (data['curves'].get('eval') or [None])[-1]
+  data['eval'] = ([r for r in data['curves'].get('eval', []) if r['step'] <= step] or [None])[-1]
   return data
 
 
