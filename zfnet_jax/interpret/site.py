@@ -65,7 +65,7 @@ def svg_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], ti
   x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
   y0, y1 = min(0.0, min(p[1] for p in points)), max(p[1] for p in points)
   x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-  left, right, top, bottom = 48, 10, 22, 34
+  left, right, top, bottom = 48, 20, 22, 34
   sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)  # noqa: E731
   sy = lambda y: height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)  # noqa: E731
   parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
