@@ -391,7 +391,9 @@ def _parser() -> argparse.ArgumentParser:
   sub.add_parser('invariance', parents=[common, many], help='Fig. 5: invariance curves')
   p = sub.add_parser('evolution', parents=[common, dataset], help='Fig. 4: features across checkpoints')
   p.add_argument('--maps', type=int, default=8, help=maps_help)
-  p = sub.add_parser('report', parents=[common], help='a static site: every unit of every layer, and the figures')
+  p = sub.add_parser('report', parents=[common], help='a static site: every unit of every layer, and the figures',
+                     description='Writes OUT/index.html (--out default for this command: WORKDIR/report/), '
+                     'a layer page per conv layer and analyses.html; re-running reuses what is built.')
   p.add_argument('--images', type=int, default=1000, help='the first N images of the split for the top-k')
   p.add_argument('--layers', help='comma-separated conv layers to give pages (default: all)')
   p.add_argument('--k', type=int, default=9, help='activations kept per unit (9 in the paper)')
