@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -267,8 +267,7 @@ class Manifest:
 
 def build(config: ml_collections.ConfigDict, workdir: str, out: str, *, max_images: int = 1000,
           layers: tuple[int, ...] | None = None, step: int | None = None, split: str | None = None, k: int = 9,
-          occlusion_images: int = 3, invariance_images: int = 3,
-          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+          occlusion_images: int = 3, invariance_images: int = 3) -> dict[str, Any]:
   """Builds every part the site shows into `out` (reusing parts built before with the same options).
 
   Returns the site's data: `{'config', 'step', 'architecture', 'curves', 'filters', 'layers': {n: layer
