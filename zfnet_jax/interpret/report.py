@@ -289,9 +289,8 @@ def build(config: ml_collections.ConfigDict, workdir: str, out: str, *, max_imag
   wanted = {n: {**base, 'k': k} for n in layers}
   todo = [n for n in layers if manifest.get(f'layer{n}', wanted[n]) is None
           or not all(os.path.exists(os.path.join(out, s)) for s in manifest.get(f'layer{n}', wanted[n])['sheets'])]
-  _, _, split_size = pipeline.eval_batches(config, split)
-  n_batches = -(-min(max_images, split_size) // config.eval_batch_size)
-  progress = Progress(2 * n_batches * bool(todo) + len(todo) + 2)
+  n_batches = -(-min(max_images, pipeline.eval_batches(config, split)[2]) // config.eval_batch_size) if todo else 0
+  progress = Progress(2 * n_batches + len(todo) + 2)
 
   data: dict[str, Any] = {'config': str(config), 'step': step, 'split': split, 'workdir': os.path.abspath(workdir),
                           'architecture': architecture_table(model, params), 'curves': read_curves(workdir),
