@@ -6,9 +6,19 @@ narrower (32, 64, 96, 96, 64 maps; fc 256), on 64x64 inputs: the 8x8 digits upsa
 He (fan-in) initialisation instead of the paper's N(0, 0.01^2): with 0.01-scaled weights this small
 network does not start learning. Filter RMS renormalisation stays on (radius 0.1 binds rarely here).
 
+Weight decay 1e-2 (on kernels), for the deconvnet pictures: the 8x8 digits, upsampled, hold nothing
+above 0.056 cycles/px, so the filter components above it get no gradient and keep their random
+initialisation, which the deconvnet passes up as grain. Decay is the term that removes weights the
+data never asks for. Measured (`scripts/digits_graininess.py`: share of spectral energy above 0.2
+cycles/px in the layer-2 top-9 projections of every unit over the test split; white noise ~0.8):
+without decay 0.50 / 0.42 (seeds 0 / 1), with 1e-2 0.18 / 0.13; test top-1 98.33 / 98.89% without,
+97.50 / 98.06% with: about 0.8 points (3 test images) for projections with a third of the grain.
+5e-3 costs nothing measurable (98.61%) but removes less (0.33); 3e-2 removes more (0.10) at 95.83%.
+`--config.optim.weight_decay=0` trains the most accurate network.
+
   python -m zfnet_jax.train --config configs/digits.py --workdir runs/digits
 
-Expected: about 98% test top-1 after 30 epochs, in 1-3 minutes on a 2-core CPU. Re-running the
+Expected: about 97.5-98% test top-1 after 30 epochs, in 1-3 minutes on a 2-core CPU. Re-running the
 same command resumes from the last checkpoint (a finished run just re-evaluates).
 """
 from zfnet_jax import config_lib
@@ -35,6 +45,7 @@ def get_config():
   config.optim.learning_rate = 0.02
   config.optim.schedule = 'cosine'
   config.optim.warmup_epochs = 1.0
+  config.optim.weight_decay = 1e-2  # smooth deconvnet projections; see the docstring
 
   config.batch_size = 64
   config.eval_batch_size = 128

@@ -7,7 +7,8 @@ else the process's maximum resident set), jax version and date. The data are syn
 on the devices, so only the step itself is timed. `train` times the jitted train step of
 `steps.jit_steps` (SGD with momentum, filter renormalisation, dropout); `infer` the eval step (forward
 pass, loss and top-k); `deconv` and `occlusion` the deconvnet's projections and Fig. 7's occlusion maps
-of one image. Results and how to read them: `docs/PERFORMANCE.md`.
+of one image; `report` the report's layer pages (top-9 job, then sprites) and `pageload` a built report's
+pages in headless Chromium. Results and how to read them: `docs/PERFORMANCE.md`.
 
   python -m zfnet_jax.benchmark train --config configs/default.py --config.batch_size=32 --steps 5
 
@@ -41,6 +42,9 @@ class Options:
   config_path: str
   steps: int = 5  # timed steps; the median is reported
   warmup: int = 2  # untimed steps after compilation
+  images: int = 1000  # report: synthetic images for the top-9 pass
+  site: str = ''  # pageload: a folder `visualize report` wrote
+  screenshot: str = ''  # pageload: also save a screenshot of the largest layer page here
 
 
 def synthetic_batch(mesh: jax.sharding.Mesh, config: ml_collections.ConfigDict, batch_size: int,
@@ -217,11 +221,81 @@ def benchmark_occlusion(config: ml_collections.ConfigDict, options: Options) -> 
                  positions=positions, seconds_per_image=statistics.median(times.wall))]
 
 
+def benchmark_report(config: ml_collections.ConfigDict, options: Options) -> list[dict[str, Any]]:
+  """The report's layer pages (random weights, synthetic images): the top-9 job alone (`stream_topk` of every
+  conv layer over `--images` images, then `project_topk` of every unit), then the sprite sheets drawn from it,
+  as `report.build` does; one round, compilation included (as a user pays it)."""
+  import tempfile
+  from zfnet_jax.interpret import report, topk
+  model = network.create_model(config)
+  params = jax.jit(network.init_params, static_argnums=0)(model, jax.random.key(config.seed))
+  batch, layer_numbers = config.eval_batch_size, tuple(c.layer for c in model.arch.convs)
+  shape = (batch, config.model.image_size, config.model.image_size, config.model.in_channels)
+
+  def batches():
+    rng = np.random.default_rng(0)
+    for start in range(0, options.images, batch):
+      yield {'image': rng.standard_normal(shape, np.float32),
+             'mask': (start + np.arange(batch) < options.images).astype(np.int32)}
+  start, cpu = time.perf_counter(), time.process_time()
+  tops = topk.stream_topk(model, params, batches(), layer_numbers, k=9)
+  jax.block_until_ready(tops)
+  streamed = time.perf_counter()
+  results = topk.project_topk(model, params, batches(), tops, {n: np.arange(len(t.value)) for n, t in tops.items()})
+  projected = time.perf_counter()
+  with tempfile.TemporaryDirectory() as out:
+    for n in layer_numbers:
+      report.write_layer(out, n, results[n], config, options.images)
+  drawn = time.perf_counter()
+  total = drawn - start
+  return [record(options, config, 'report_layers', batch, Timings([total], [time.process_time() - cpu]), 0.0,
+                 images=options.images, units=sum(len(t.value) for t in tops.values()), stream_s=streamed - start,
+                 project_s=projected - streamed, top9_job_s=projected - start, sprites_s=drawn - projected,
+                 report_layers_s=total, report_over_top9=total / (projected - start))]
+
+
+def benchmark_pageload(config: ml_collections.ConfigDict, options: Options) -> list[dict[str, Any]]:
+  """Each page of the report in `--site`, opened from file:// in headless Chromium (/usr/bin/chromium, or
+  $ZFNET_CHROMIUM) in a fresh context `--steps` times: the load event's time after navigation start
+  (images decoded, styles applied). `batch` is the number of units on the page."""
+  import os
+  from playwright.sync_api import sync_playwright
+  if not options.site:
+    raise SystemExit('pageload needs --site, a folder written by python -m zfnet_jax.visualize report')
+  pages = sorted(f for f in os.listdir(options.site) if f.endswith('.html'))
+  records = []
+  with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=os.environ.get('ZFNET_CHROMIUM', '/usr/bin/chromium'),
+                                args=['--no-sandbox'])
+    for name in pages:
+      wall, units = [], 0
+      for _ in range(options.steps):
+        context = browser.new_context(viewport={'width': 1280, 'height': 900})
+        page = context.new_page()
+        page.goto('file://' + os.path.abspath(os.path.join(options.site, name)), wait_until='load')
+        wall.append(page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd") / 1000)
+        units = page.eval_on_selector_all('section.unit', 'u => u.length')
+        context.close()
+      bytes_ = sum(os.path.getsize(os.path.join(options.site, f)) for f in os.listdir(options.site)
+                   if f.startswith(name[:-5] + '_') or f == name)
+      records.append(record(options, config, f'pageload {name}', units, Timings(wall, [0.0] * len(wall)), 0.0,
+                            load_s=statistics.median(wall), page_and_sprite_bytes=bytes_))
+    if options.screenshot:
+      biggest = max((r for r in records if r['what'].startswith('pageload layer')), key=lambda r: r['batch'])
+      page = browser.new_page(viewport={'width': 1280, 'height': 900})
+      page.goto('file://' + os.path.abspath(os.path.join(options.site, biggest['what'].split()[1])))
+      page.screenshot(path=options.screenshot)
+    browser.close()
+  return records
+
+
 BENCHMARKS: dict[str, Callable[[ml_collections.ConfigDict, Options], list[dict[str, Any]]]] = {
     'train': benchmark_train,
     'infer': benchmark_infer,
     'deconv': benchmark_deconv,
     'occlusion': benchmark_occlusion,
+    'report': benchmark_report,
+    'pageload': benchmark_pageload,
 }
 
 
@@ -231,7 +305,8 @@ def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in BENCHMARKS:
     raise SystemExit(f'usage: python -m zfnet_jax.benchmark {"|".join(BENCHMARKS)} --config CFG '
                      f'[--config.batch_size=32] [--steps N]; got {argv[1:]}')
-  options = Options(config_path=FLAGS['config'].config_filename, steps=FLAGS.steps, warmup=FLAGS.warmup)
+  options = Options(config_path=FLAGS['config'].config_filename, steps=FLAGS.steps, warmup=FLAGS.warmup,
+                    images=FLAGS.images, site=FLAGS.site or '', screenshot=FLAGS.screenshot or '')
   for line in BENCHMARKS[argv[1]](FLAGS.config, options):
     print(json.dumps(line), flush=True)
 
@@ -241,6 +316,9 @@ def _define_flags() -> None:
   config_lib.define_config_flag('A config file in configs/, e.g. configs/default.py.')
   flags.DEFINE_integer('steps', Options.steps, 'Timed steps; the median step time is reported.')
   flags.DEFINE_integer('warmup', Options.warmup, 'Untimed steps after compilation.')
+  flags.DEFINE_integer('images', Options.images, 'report: synthetic images for the top-9 pass.')
+  flags.DEFINE_string('site', None, 'pageload: a folder written by python -m zfnet_jax.visualize report.')
+  flags.DEFINE_string('screenshot', None, 'pageload: save a screenshot of the largest layer page to this PNG.')
 
 
 if __name__ == '__main__':

@@ -14,6 +14,8 @@ Commands (each reads the checkpoint in `--workdir`, writes PNGs with their raw a
   invariance      feature distances (at the first and last hidden layers, or `--layers`) and true-class
                   probability under translation, scale, rotation (Fig. 5)
   evolution       the strongest activation of feature maps at every checkpoint of the run (Fig. 4)
+  report          a static site: every unit of every layer with its top-9 projections, and the above
+                  (`OUT/index.html`, default `WORKDIR/report/`; see `interpret/report.py`)
 Images come from the evaluation split (`--index`; `--count` of class `--label`) or from files (`--image`,
 `--images`): any image format, preprocessed as for evaluation, or a `.npy` float32 `[H, W, C]` network
 input used as is. Config fields are overridden as in training: `--config.dataset.data_dir=DIR`.
@@ -33,7 +35,7 @@ import numpy as np
 
 from zfnet_jax import config_lib
 from zfnet_jax.data import pipeline, preprocess, sources
-from zfnet_jax.interpret import correspondence, deconvnet, figures, invariance, occlusion, topk
+from zfnet_jax.interpret import correspondence, deconvnet, figures, invariance, occlusion, report, site, topk
 from zfnet_jax.model import network, receptive_field
 from zfnet_jax.training import checkpointing
 
@@ -216,6 +218,15 @@ def run_evolution(args, config, model, params, write: figures.Writer) -> None:
   write.figure('evolution.png', figures.evolution_figure(checkpoints, channels, reconstructions))
 
 
+def run_report(args, config) -> None:
+  out = args.out or os.path.join(args.workdir, 'report')
+  layer_numbers = tuple(int(v) for v in args.layers.split(',')) if args.layers else None
+  data = report.build(config, args.workdir, out, max_images=args.images, layers=layer_numbers, step=args.step,
+                      split=args.split, k=args.k, occlusion_images=args.examples, invariance_images=args.examples)
+  site.write_site(out, data)
+  print(os.path.join(out, 'index.html'))
+
+
 # ------------------------------------------------------------------------------------------------- main
 
 def _parser() -> argparse.ArgumentParser:
@@ -266,6 +277,13 @@ def _parser() -> argparse.ArgumentParser:
                  'layer present; 1,7 in the full network)')
   p = sub.add_parser('evolution', parents=[common, dataset], help='Fig. 4: features across checkpoints')
   p.add_argument('--maps', type=int, default=8, help=maps_help)
+  p = sub.add_parser('report', parents=[common], help='a static site: every unit of every layer, and the figures',
+                     description='Writes OUT/index.html (--out default for this command: WORKDIR/report/), '
+                     'a layer page per conv layer and analyses.html; re-running reuses what is built.')
+  p.add_argument('--images', type=int, default=1000, help='the first N images of the split for the top-k')
+  p.add_argument('--layers', help='comma-separated conv layers to give pages (default: all)')
+  p.add_argument('--k', type=int, default=9, help='activations kept per unit (9 in the paper)')
+  p.add_argument('--examples', type=int, default=3, help='images for the occlusion maps and invariance curves')
   return parser
 
 
@@ -283,6 +301,8 @@ def main(argv: list[str]) -> None:
   config = config_lib.from_args(args.config, rest)
   args.split = args.split or config.dataset.eval_split
   sources.hide_accelerators_from_tf()
+  if args.command == 'report':
+    return run_report(args, config)
   model, params, _ = checkpointing.load_params(config, args.workdir, args.step)
   write = figures.Writer(args.out or os.path.join(args.workdir, 'visualize', args.command))
   COMMAND_FUNCTIONS[args.command](args, config, model, params, write)
