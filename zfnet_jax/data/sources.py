@@ -40,18 +40,25 @@ def hide_accelerators_from_tf() -> None:
   tf.config.set_visible_devices([], 'TPU')
 
 
-def get_builder(d: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The tfds builder for `config.dataset`, prepared; clear errors when it cannot be."""
+def source_builder(d: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The tfds builder (or `ImageFolder`) for `config.dataset`, not prepared: its info, nothing read."""
   if d.name.startswith(FOLDER_PREFIX):
     root = d.name[len(FOLDER_PREFIX):]
     if not os.path.isdir(root):
       raise DatasetNotFoundError(f'folder dataset {root!r} does not exist: expected {root}/SPLIT/CLASS/IMAGE files')
     return tfds.folder_dataset.ImageFolder(root)
   try:
-    builder = tfds.builder(d.name, data_dir=d.data_dir)
+    return tfds.builder(d.name, data_dir=d.data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise DatasetNotFoundError(f'config.dataset.name={d.name!r} is not a tfds dataset, the bundled '
                                f"'sklearn_digits', or 'folder:/path/to/images'. ({e})") from None
+
+
+def get_builder(d: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The tfds builder for `config.dataset`, prepared; clear errors when it cannot be."""
+  builder = source_builder(d)
+  if isinstance(builder, tfds.folder_dataset.ImageFolder):
+    return builder
   if builder.is_prepared():
     return builder
   try:  # the bundled digits prepare here in seconds; ImageNet only from the manual archives (hours)
