@@ -63,7 +63,7 @@ def base() -> ml_collections.ConfigDict:
   #                           (torchvision); 'pixel_mean': minus the per-pixel mean of the train squares (paper)
   i.workers = 0  # host threads decoding squares (0: one per CPU core)
   i.prefetch_batches = 4  # host batches decoded ahead
-  i.prepare_timeout_s = 48 * 3600  # processes other than 0 wait this long for process 0 to prepare the squares
+  i.prepare_timeout_s = 48 * 3600.0  # processes other than 0 wait this long for process 0 to prepare the squares
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 0.01

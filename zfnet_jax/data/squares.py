@@ -73,8 +73,9 @@ class ZfnetSquares(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, source: tfds.core.DatasetBuilder, split: str):
     c = self.builder_config
     total = source.info.splits[split].num_examples
-    ds = source.as_dataset(split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()},
-                           read_config=tfds.ReadConfig(interleave_cycle_length=1))
+    in_order = {} if isinstance(source, tfds.folder_dataset.ImageFolder) else {
+        'read_config': tfds.ReadConfig(interleave_cycle_length=1)}
+    ds = source.as_dataset(split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()}, **in_order)
     total_sum = np.zeros((c.size, c.size, c.channels), np.float64)
     labels = []
 
