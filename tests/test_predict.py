@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from zfnet_jax import predict
-from zfnet_jax.data import preprocess, sources
+from zfnet_jax.data import augment, pipeline, preprocess, sources
 from zfnet_jax.training import checkpointing
 
 
@@ -15,7 +15,8 @@ def test_image_files_and_npy_inputs_give_the_checkpoints_logits(trained_digits, 
   for i, ex in enumerate(examples):
     paths.append(str(tmp_path / f'digit{i}.png'))
     Image.fromarray(ex['image'].numpy()[..., 0]).save(paths[-1])
-  preprocessed = preprocess.eval_image(examples[0]['image'], config).numpy()
+  square = pipeline.open_split(config, 'test').example(0)['image']  # the prepared square of examples[0]
+  preprocessed = np.asarray(augment.center_crops(square[None], config, None)[0])
   np.save(tmp_path / 'digit0.npy', preprocessed)
   paths.append(str(tmp_path / 'digit0.npy'))
 

@@ -142,6 +142,6 @@ def eval_batches(config: ml_collections.ConfigDict, split_name: str | None = Non
   ds = grain.MapDataset.range(num_steps * host_batch).map(example)
   ds = ds.to_iter_dataset(read_options(config, host_batch)).batch(host_batch)
   if not squares_only:
-    mean = squares.pixel_mean(config) if config.input.normalization == 'pixel_mean' else None
+    mean = squares.pixel_mean(config)
     ds = ds.map(lambda b: {**b, 'image': np.asarray(augment.center_crops(b['image'], config, mean))})
   return iter(ds), num_steps, n

@@ -59,5 +59,5 @@ def load_input(path: str, config: ml_collections.ConfigDict) -> np.ndarray:
   except ValueError:
     raise ValueError(f'{path} is neither a .npy array nor an image file PIL can decode '
                      f'(PNG, JPEG, GIF, BMP, ...)') from None
-  mean = squares.pixel_mean(config) if config.input.normalization == 'pixel_mean' else None
+  mean = squares.pixel_mean(config)
   return np.asarray(augment.center_crops(pixels[None], config, mean)[0])

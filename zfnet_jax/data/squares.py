@@ -181,6 +181,9 @@ def split_file(b: ZfnetSquares, kind: str, split: str) -> np.ndarray:
   return np.load(epath.Path(b.data_dir) / f'{kind}-{split}.npy')
 
 
-def pixel_mean(config: ml_collections.ConfigDict) -> np.ndarray:
-  """float32 `[R, R, C]`: the mean square of the training split (prepared if needed)."""
+def pixel_mean(config: ml_collections.ConfigDict) -> np.ndarray | None:
+  """float32 `[R, R, C]`: the mean square of the training split (prepared if needed), where
+  `input.normalization == 'pixel_mean'`; None otherwise (the other normalisations need no data)."""
+  if config.input.normalization != 'pixel_mean':
+    return None
   return split_file(prepare(config), 'mean', config.dataset.train_split)

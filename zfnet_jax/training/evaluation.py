@@ -105,7 +105,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_cro
   mesh = steps.make_mesh()
   params = jax.device_put(params, NamedSharding(mesh, P()))
   split = config.dataset.eval_split
-  pixel_mean = squares.pixel_mean(config) if config.input.normalization == 'pixel_mean' else None
+  pixel_mean = squares.pixel_mean(config)
   eval_fn = jit_eval_step(mesh, model, augment.normalize_fn(config, pixel_mean), num_crops)
   results = evaluate(eval_fn, params, config, mesh, split)
   record = {**{k: results[k] for k in ('top1', 'top5', 'loss')}, 'num_examples': int(results['num_examples']),

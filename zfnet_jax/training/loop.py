@@ -93,7 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, num_steps)
   tx = optim.create_optimizer(config.optim, schedule)
   # the data: uint8 squares from the host (resumed at `latest` by index arithmetic), crops on the device
-  pixel_mean = squares.pixel_mean(config) if config.input.normalization == 'pixel_mean' else None
+  pixel_mean = squares.pixel_mean(config)
   init_fn, train_fn = steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius,
                                       config.skip_nonfinite_steps, inputs=augment.train_inputs_fn(config, pixel_mean))
   eval_fn = evaluation.jit_eval_step(mesh, model, augment.normalize_fn(config, pixel_mean))
