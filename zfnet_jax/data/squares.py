@@ -164,7 +164,7 @@ def prepare(config: ml_collections.ConfigDict, process_index: int | None = None)
     return builder(config)
   deadline = time.time() + config.input.prepare_timeout_s
   while time.time() < deadline:
-    time.sleep(min(10.0, max(0.1, deadline - time.time())))
+    time.sleep(min(2.0, max(0.1, deadline - time.time())))
     b = builder(config)
     if b.is_prepared():
       return b
