@@ -39,8 +39,7 @@ def get_config():
   config.input.resize_size = 72
   config.input.flip = False
   config.input.normalization = 'mean_std'
-  config.input.shuffle_buffer = 2048
-  config.input.cache = True
+  config.input.square_format = 'raw'  # 72x72x1 bytes: no decoding at all
 
   config.optim.learning_rate = 0.02
   config.optim.schedule = 'cosine'

@@ -38,3 +38,11 @@ def test_command_line_prints_one_json_line_and_rejects_unknown_subcommands():
   assert json.loads(line)['batch'] == 4
   with pytest.raises(SystemExit, match=re.escape('usage: python -m zfnet_jax.benchmark train|infer')):
     benchmark.main(['benchmark', 'deconvolve'])
+
+
+def test_input_measurement_of_the_grain_loader_from_a_resume_step(tfds_dir):
+  config = config_lib.load(config_path('digits'), {'dataset.data_dir': tfds_dir, 'batch_size': 16})
+  got = benchmark.measure_input(config, 'grain', start_step=88, num_steps=3)  # the last step of epoch 0
+  assert set(got) == {'images_per_s', 'cpu_ms_per_image', 'first_batch_s', 'host_bytes_per_image', 'peak_rss_bytes'}
+  assert got['host_bytes_per_image'] == 72 * 72 * 1 + 4  # a uint8 square and an int32 label
+  assert got['images_per_s'] > 0 and got['first_batch_s'] > 0 and got['peak_rss_bytes'] > 0

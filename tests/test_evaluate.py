@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import digits_config
-from zfnet_jax.data import preprocess, sources
+from zfnet_jax.data import augment, pipeline, preprocess
 from zfnet_jax.training import checkpointing, evaluation, steps
 
 
@@ -24,20 +24,16 @@ def test_ten_crops_equal_the_mean_of_ten_single_crop_softmaxes(trained_digits):
 
   model, params, step = checkpointing.load_params(config, workdir)
   size = config.model.image_size
-  squares_config = digits_config(config.dataset.data_dir, model__image_size=config.input.resize_size)
-  crops, labels = [], []
-  for ex in sources.load_split(config, config.dataset.eval_split).dataset:
-    square = preprocess.eval_image(ex['image'], squares_config).numpy()
-    crops += ten_crops(square, size)
-    labels.append(int(ex['label']))
-    if len(labels) == 1:  # the square's centre crop is the ordinary evaluation input
-      np.testing.assert_allclose(crops[0], preprocess.eval_image(ex['image'], config).numpy(), atol=1e-6)
+  records = pipeline.open_split(config, config.dataset.eval_split)
+  mean, std = np.mean(preprocess.IMAGENET_MEAN), np.mean(preprocess.IMAGENET_STD)  # grey digits, mean_std
+  crops, labels = [], records.labels
+  for k in range(len(records)):
+    crops += ten_crops((records.example(k)['image'].astype(np.float32) - mean) / std, size)
   forward = jax.jit(lambda x: model.apply({'params': params}, x))
   logits = np.concatenate([forward(np.stack(crops[i:i + 400])) for i in range(0, len(crops), 400)])
   logits = logits.astype(np.float64).reshape(len(labels), 10, -1)
   softmaxes = np.exp(logits - logits.max(-1, keepdims=True))
   probs = (softmaxes / softmaxes.sum(-1, keepdims=True)).mean(axis=1)
-  labels = np.array(labels)
   label_prob = probs[np.arange(len(labels)), labels]
   rank = (probs > label_prob[:, None]).sum(-1)
 
@@ -56,7 +52,8 @@ def test_one_crop_equals_training_evaluation_and_bad_modes_fail(trained_digits):
   model, params, _ = checkpointing.load_params(config, workdir)
   params = jax.tree_util.tree_map(np.asarray, params)  # host arrays: jit places them beside the sharded batch
   mesh = steps.make_mesh()
-  expected = evaluation.evaluate(evaluation.jit_eval_step(mesh, model), params, config, mesh)
+  eval_fn = evaluation.jit_eval_step(mesh, model, augment.normalize_fn(config, None))
+  expected = evaluation.evaluate(eval_fn, params, config, mesh)
   assert record['crops'] == 1 and record['num_examples'] == expected['num_examples'] == 360
   assert record['top1'] == expected['top1'] and record['top5'] == expected['top5']
   assert record['loss'] == pytest.approx(expected['loss'], rel=1e-5)

@@ -1,21 +1,24 @@
 """predict: image files and preprocessed .npy arrays give the checkpoint's logits; class names; clear errors."""
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from zfnet_jax import predict
-from zfnet_jax.data import preprocess, sources
+from zfnet_jax.data import augment, pipeline, preprocess, sources
 from zfnet_jax.training import checkpointing
 
 
 def test_image_files_and_npy_inputs_give_the_checkpoints_logits(trained_digits, tmp_path):
   config, workdir = trained_digits
-  examples = list(sources.load_split(config, 'test').dataset.take(3))
+  source = tfds.builder('sklearn_digits', data_dir=config.dataset.data_dir).as_dataset(split='test', shuffle_files=False)
+  examples = list(tfds.as_numpy(source.take(3)))
   paths = []
   for i, ex in enumerate(examples):
     paths.append(str(tmp_path / f'digit{i}.png'))
-    Image.fromarray(ex['image'].numpy()[..., 0]).save(paths[-1])
-  preprocessed = preprocess.eval_image(examples[0]['image'], config).numpy()
+    Image.fromarray(ex['image'][..., 0]).save(paths[-1])
+  square = pipeline.open_split(config, 'test').example(0)['image']  # the prepared square of examples[0]
+  preprocessed = np.asarray(augment.center_crops(square[None], config, None)[0])
   np.save(tmp_path / 'digit0.npy', preprocessed)
   paths.append(str(tmp_path / 'digit0.npy'))
 

@@ -1,4 +1,4 @@
-"""Training: a real step on mock ImageNet, sharding invariance, checkpoints, evaluation, input order, errors."""
+"""Training: a real step of default ZFNet, sharding invariance, checkpoints, evaluation, errors. (The input: test_data.py.)"""
 import glob
 import json
 import math
@@ -9,31 +9,29 @@ import sys
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from conftest import REPO, config_path, digits_config
 from zfnet_jax import config_lib
-from zfnet_jax.data import pipeline, preprocess, sources
+from zfnet_jax.data import augment, pipeline, preprocess
 from zfnet_jax.model import network
 from zfnet_jax.training import checkpointing, evaluation, loop, optim, steps
 
 
-def make_steps(config, devices=None, steps_per_epoch=10):
+def make_steps(config, devices=None, steps_per_epoch=10, inputs=None):
+  """`(model, mesh, (init, train, eval))` for `config`; `inputs` replaces the on-device augmentation."""
   model = network.create_model(config)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, 10 * steps_per_epoch)
   tx = optim.create_optimizer(config.optim, schedule)
   mesh = steps.make_mesh(devices)
   init, train = steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius,
-                                config.skip_nonfinite_steps)
-  return model, mesh, (init, train, evaluation.jit_eval_step(mesh, model))
+                                config.skip_nonfinite_steps, inputs=inputs or augment.train_inputs_fn(config, None))
+  return model, mesh, (init, train, evaluation.jit_eval_step(mesh, model, augment.normalize_fn(config, None)))
 
 
-def test_one_train_step_of_default_zfnet_on_mock_imagenet(tmp_path):
-  config = config_lib.load(config_path('default'), {'batch_size': 8, 'dataset.data_dir': str(tmp_path)})
-  with tfds.testing.mock_data(num_examples=8):
-    batches, _ = pipeline.train_batches(config)
-    batch = next(batches)
-  assert batch['image'].shape == (8, 224, 224, 3) and batch['label'].shape == (8,)
+def test_one_train_step_of_default_zfnet_on_imagenet_sized_squares():
+  config = config_lib.load(config_path('default'), {'batch_size': 8})
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (8, 256, 256, 3), np.uint8), 'label': rng.integers(0, 1000, 8, np.int32)}
   model, mesh, (init, train_step, _) = make_steps(config, jax.devices()[:1])
   state = init(jax.random.key(0))
   before = jax.tree_util.tree_map(np.asarray, state.params)
@@ -82,12 +80,14 @@ def test_evaluation_counts_every_example_exactly_once(tfds_dir):
   model, mesh, (init, _, eval_fn) = make_steps(config)
   params = init(jax.random.key(3)).params
   got = evaluation.evaluate(eval_fn, params, config, mesh)
-  # independent: every test image preprocessed on its own, one forward over the whole split
-  ds = tfds.builder('sklearn_digits', data_dir=tfds_dir).as_dataset(split='test')
-  images, labels = zip(*[(preprocess.eval_image(ex['image'], config).numpy(), int(ex['label']))
-                         for ex in ds])
+  # independent: every test square centre-cropped and normalised in NumPy, one forward over the whole split
+  records = pipeline.open_split(config, 'test')
+  off, size = (config.input.resize_size - config.model.image_size) // 2, config.model.image_size
+  mean, std = np.mean(preprocess.IMAGENET_MEAN), np.mean(preprocess.IMAGENET_STD)  # grey digits, mean_std
+  images = [(records.example(k)['image'][off:off + size, off:off + size].astype(np.float32) - mean) / std
+            for k in range(len(records))]
+  labels = records.labels
   logits = np.asarray(model.apply({'params': params}, np.stack(images)))
-  labels = np.asarray(labels)
   log_probs = logits - np.log(np.sum(np.exp(logits - logits.max(1, keepdims=True)), 1, keepdims=True)) \
       - logits.max(1, keepdims=True)
   assert got['num_examples'] == len(labels) == 360
@@ -95,19 +95,6 @@ def test_evaluation_counts_every_example_exactly_once(tfds_dir):
   assert got['top1'] == pytest.approx(np.mean(np.argmax(logits, 1) == labels))
   top5 = np.argsort(-logits, axis=1)[:, :5]
   assert got['top5'] == pytest.approx(np.mean(np.any(top5 == labels[:, None], axis=1)))
-
-
-def test_training_batches_are_a_function_of_the_step(tfds_dir):
-  config = digits_config(tfds_dir)  # 22 steps per epoch: batch 27 of a fresh start is in epoch 2
-  from_start, spe = pipeline.train_batches(config, start_step=0)
-  first = [next(from_start) for _ in range(27)]
-  resumed, _ = pipeline.train_batches(config, start_step=20)
-  assert spe == 22
-  for i in range(20, 27):
-    b = next(resumed)
-    np.testing.assert_array_equal(b['image'], first[i]['image'])
-    np.testing.assert_array_equal(b['label'], first[i]['label'])
-  assert not np.array_equal(first[0]['label'], first[22]['label'])  # epochs are shuffled differently
 
 
 def test_learning_rate_schedules():
@@ -119,16 +106,6 @@ def test_learning_rate_schedules():
   schedule = optim.learning_rate_schedule(config.optim, 10, 100)
   assert float(schedule(0)) == 0 and float(schedule(10)) == pytest.approx(0.02)
   assert float(schedule(100)) == pytest.approx(0, abs=1e-9)
-
-
-def test_missing_imagenet_names_the_archives_and_the_command(tmp_path):
-  config = config_lib.load(config_path('default'), {'dataset.data_dir': str(tmp_path)})
-  with pytest.raises(sources.DatasetNotFoundError) as e:
-    sources.get_builder(config.dataset)
-  msg = str(e.value)
-  manual = os.path.join(str(tmp_path), 'downloads', 'manual')
-  assert 'ILSVRC2012_img_train.tar' in msg and 'ILSVRC2012_img_val.tar' in msg and manual in msg
-  assert f'python scripts/prepare_imagenet.py --manual_dir {manual} --data_dir {tmp_path}' in msg
 
 
 def test_unknown_config_field_on_the_command_line_fails_clearly(tmp_path):

@@ -1,4 +1,4 @@
-"""Throughput benchmarks: `python -m zfnet_jax.benchmark train|infer --config CFG [--config.batch_size=32]`.
+"""Throughput benchmarks: `python -m zfnet_jax.benchmark train|infer|deconv|occlusion|input --config CFG`.
 
 Each subcommand prints one JSON line per measurement on stdout: config, what, batch, devices, dtype,
 images/s, median step time (after warm-up and compilation), achieved FLOP/s (XLA's cost analysis of the
@@ -7,8 +7,10 @@ else the process's maximum resident set), jax version and date. The data are syn
 on the devices, so only the step itself is timed. `train` times the jitted train step of
 `steps.jit_steps` (SGD with momentum, filter renormalisation, dropout); `infer` the eval step (forward
 pass, loss and top-k); `deconv` and `occlusion` the deconvnet's projections and Fig. 7's occlusion maps
-of one image; `report` the report's layer pages (top-9 job, then sprites) and `pageload` a built report's
-pages in headless Chromium. Results and how to read them: `docs/PERFORMANCE.md`.
+of one image; `report` the report's layer pages (top-9 job, then sprites), `pageload` a built report's
+pages in headless Chromium, and `input` the training input on the host (`benchmark_input`: Grain over the
+prepared squares beside a plain tf.data pipeline, `--start_step N` to time a resume). Results and how to
+read them: `docs/PERFORMANCE.md`.
 
   python -m zfnet_jax.benchmark train --config configs/default.py --config.batch_size=32 --steps 5
 
@@ -21,8 +23,11 @@ import dataclasses
 import datetime
 import functools
 import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any, Callable
 
@@ -33,6 +38,7 @@ import numpy as np
 from zfnet_jax import config_lib
 from zfnet_jax.interpret import deconvnet, occlusion
 from zfnet_jax.model import network, receptive_field
+from zfnet_jax.data import augment, pipeline, preprocess, sources, squares
 from zfnet_jax.training import evaluation, optim, steps
 
 
@@ -45,21 +51,30 @@ class Options:
   images: int = 1000  # report: synthetic images for the top-9 pass
   site: str = ''  # pageload: a folder `visualize report` wrote
   screenshot: str = ''  # pageload: also save a screenshot of the largest layer page here
+  start_step: int = 0  # `input`: the step the iterator starts at (a resume)
 
 
 def synthetic_batch(mesh: jax.sharding.Mesh, config: ml_collections.ConfigDict, batch_size: int,
                     seed: int = 0) -> steps.Batch:
-  """Random `image` `[B, S, S, C]`, `label` `[B]` and `mask` `[B]` (all ones), sharded over the mesh."""
+  """Random uint8 squares `image` `[B, R, R, C]` (as the input pipeline delivers them), `label` `[B]` and
+  `mask` `[B]` (all ones), sharded over the mesh."""
   n_dev, n_proc = mesh.devices.size, jax.process_count()
   if batch_size < 1 or batch_size % n_dev:
     raise ValueError(f'batch size {batch_size} must be a positive multiple of the {n_dev} devices: '
                      f'e.g. --config.batch_size={max(1, batch_size // n_dev) * n_dev}')
   m, local = config.model, batch_size // n_proc
   rng = np.random.default_rng(seed + jax.process_index())
-  host = {'image': rng.standard_normal((local, m.image_size, m.image_size, m.in_channels), np.float32),
+  r = config.input.resize_size
+  host = {'image': rng.integers(0, 256, (local, r, r, m.in_channels), np.uint8),
           'label': rng.integers(0, m.num_classes, (local,), np.int32),
           'mask': np.ones((local,), np.int32)}
   return jax.block_until_ready(steps.global_batch(mesh, host))
+
+
+def _synthetic_pixel_mean(config: ml_collections.ConfigDict) -> np.ndarray | None:
+  """A stand-in mean image for `pixel_mean` normalisation (same cost as the real one)."""
+  r, c = config.input.resize_size, config.model.in_channels
+  return np.full((r, r, c), 117.0, np.float32) if config.input.normalization == 'pixel_mean' else None
 
 
 def step_flops(compiled: Any) -> float:
@@ -130,7 +145,8 @@ def benchmark_train(config: ml_collections.ConfigDict, options: Options) -> list
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch=1000, num_steps=1000 * config.num_epochs)
   tx = optim.create_optimizer(config.optim, schedule)
   init_fn, train_fn = steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius,
-                                      config.skip_nonfinite_steps)
+                                      config.skip_nonfinite_steps,
+                                      inputs=augment.train_inputs_fn(config, _synthetic_pixel_mean(config)))
   state = init_fn(jax.random.key(config.seed))
   batch = synthetic_batch(mesh, config, config.batch_size)
   batch = {k: batch[k] for k in ('image', 'label')}
@@ -153,7 +169,7 @@ def benchmark_infer(config: ml_collections.ConfigDict, options: Options) -> list
   model = network.create_model(config)
   params = jax.jit(network.init_params, static_argnums=0)(model, jax.random.key(config.seed))
   batch = synthetic_batch(mesh, config, config.batch_size)
-  eval_fn = evaluation.jit_eval_step(mesh, model)
+  eval_fn = evaluation.jit_eval_step(mesh, model, augment.normalize_fn(config, _synthetic_pixel_mean(config)))
   start = time.perf_counter()
   compiled = eval_fn.lower(params, batch).compile()
   compile_s = time.perf_counter() - start
@@ -289,6 +305,74 @@ def benchmark_pageload(config: ml_collections.ConfigDict, options: Options) -> l
   return records
 
 
+def measure_input(config: ml_collections.ConfigDict, kind: str, start_step: int, num_steps: int) -> dict[str, Any]:
+  """Runs in its own process (so peak RSS is its own): `grain`, this codebase's training input from
+  `start_step`, or `tfdata`, the plain tf.data pipeline doing the same work on the original tfds images."""
+  host_batch = config.batch_size // jax.process_count()
+  if kind == 'grain':
+    squares.prepare(config)  # once, before timing
+    start, start_cpu = time.perf_counter(), time.process_time()
+    batches, _ = pipeline.train_batches(config, start_step)
+  else:
+    start, start_cpu = time.perf_counter(), time.process_time()
+    batches = _tfdata_batches(config, host_batch)
+  batch = next(batches)
+  first_batch_s = time.perf_counter() - start
+  start, start_cpu = time.perf_counter(), time.process_time()
+  for _ in range(num_steps):
+    batch = next(batches)
+  wall, images = time.perf_counter() - start, num_steps * host_batch
+  return {'images_per_s': images / wall, 'cpu_ms_per_image': 1e3 * (time.process_time() - start_cpu) / images,
+          'first_batch_s': first_batch_s, 'host_bytes_per_image': sum(v.nbytes for v in batch.values()) / host_batch,
+          'peak_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _tfdata_batches(config: ml_collections.ConfigDict, host_batch: int):
+  """The reference: tfds records -> decode -> short side R -> centre R square -> random S crop -> flip ->
+  minus the channel mean -> float32 batches, all `tf.data.AUTOTUNE`d."""
+  import tensorflow as tf  # noqa: PLC0415
+  import tensorflow_datasets as tfds  # noqa: PLC0415
+  sources.hide_accelerators_from_tf()
+  r, s, c = config.input.resize_size, config.model.image_size, config.model.in_channels
+  ds = sources.get_builder(config.dataset).as_dataset(
+      split=config.dataset.train_split, shuffle_files=True, decoders={'image': tfds.decode.SkipDecoding()})
+  mean = tf.constant(np.resize(np.asarray(preprocess.IMAGENET_MEAN), c), tf.float32)
+
+  def prepare(example):
+    image = tf.io.decode_image(example['image'], channels=c, expand_animations=False)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_hw = tf.maximum(tf.cast(tf.round(hw * r / tf.reduce_min(hw)), tf.int32), r)
+    image = tf.image.resize(image, new_hw, antialias=True)
+    top, left = (new_hw[0] - r) // 2, (new_hw[1] - r) // 2
+    image = tf.image.random_crop(image[top:top + r, left:left + r], (s, s, c))
+    return {'image': tf.image.random_flip_left_right(image) - mean, 'label': tf.cast(example['label'], tf.int32)}
+  ds = ds.repeat().map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(host_batch).prefetch(tf.data.AUTOTUNE)
+  return iter(tfds.as_numpy(ds))
+
+
+def benchmark_input(config: ml_collections.ConfigDict, options: Options) -> list[dict[str, Any]]:
+  """The training input's host side, from `--start_step` on: Grain over the prepared squares (uint8 out),
+  and beside it, in the same run, the plain tf.data pipeline on the original tfds images (float32 crops
+  out). Each runs in a fresh process; `--steps` batches are timed after the first."""
+  results = {}
+  for kind in ('grain', 'tfdata'):
+    code = ('import json, sys; from zfnet_jax import benchmark; import ml_collections; '
+            'c = ml_collections.ConfigDict(json.loads(sys.argv[1])); '
+            'print(json.dumps(benchmark.measure_input(c, sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))')
+    done = subprocess.run([sys.executable, '-c', code, config.to_json(), kind, str(options.start_step),
+                           str(options.steps)], capture_output=True, text=True, check=False)
+    if done.returncode:
+      raise RuntimeError(f'the {kind} input benchmark failed:\n{done.stderr[-3000:]}')
+    results[kind] = json.loads(done.stdout.strip().splitlines()[-1])
+  ours, ref = results['grain'], results['tfdata']
+  return [{'config': options.config_path, 'what': 'input', 'batch': config.batch_size, 'dataset': config.dataset.name,
+           'start_step': options.start_step, 'timed_steps': options.steps, **ours,
+           'workers': config.input.workers or os.cpu_count(), 'cpu_cores': os.cpu_count(),
+           'square_format': config.input.square_format, 'jpeg_quality': config.input.jpeg_quality,
+           **{f'tfdata_{k}': v for k, v in ref.items()}, 'ratio_images_per_s': ours['images_per_s'] / ref['images_per_s'],
+           'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}]
+
+
 BENCHMARKS: dict[str, Callable[[ml_collections.ConfigDict, Options], list[dict[str, Any]]]] = {
     'train': benchmark_train,
     'infer': benchmark_infer,
@@ -296,6 +380,7 @@ BENCHMARKS: dict[str, Callable[[ml_collections.ConfigDict, Options], list[dict[s
     'occlusion': benchmark_occlusion,
     'report': benchmark_report,
     'pageload': benchmark_pageload,
+    'input': benchmark_input,
 }
 
 
@@ -306,7 +391,8 @@ def main(argv: list[str]) -> None:
     raise SystemExit(f'usage: python -m zfnet_jax.benchmark {"|".join(BENCHMARKS)} --config CFG '
                      f'[--config.batch_size=32] [--steps N]; got {argv[1:]}')
   options = Options(config_path=FLAGS['config'].config_filename, steps=FLAGS.steps, warmup=FLAGS.warmup,
-                    images=FLAGS.images, site=FLAGS.site or '', screenshot=FLAGS.screenshot or '')
+                    images=FLAGS.images, site=FLAGS.site or '', screenshot=FLAGS.screenshot or '',
+                    start_step=FLAGS.start_step)
   for line in BENCHMARKS[argv[1]](FLAGS.config, options):
     print(json.dumps(line), flush=True)
 
@@ -319,6 +405,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer('images', Options.images, 'report: synthetic images for the top-9 pass.')
   flags.DEFINE_string('site', None, 'pageload: a folder written by python -m zfnet_jax.visualize report.')
   flags.DEFINE_string('screenshot', None, 'pageload: save a screenshot of the largest layer page to this PNG.')
+  flags.DEFINE_integer('start_step', Options.start_step, '`input`: start the training input at this step.')
 
 
 if __name__ == '__main__':

@@ -54,14 +54,16 @@ def base() -> ml_collections.ConfigDict:
   #                 order (set model.num_classes to match); () keeps every class
 
   c.input = i = ml_collections.ConfigDict()
-  i.resize_size = 256  # short side resized to this, then centre-cropped square (paper: 256)
-  i.crop = 'paper'  # 'paper': random image_size crop of the resized square; 'inception': random-resized crop
+  i.resize_size = 256  # prepared squares: short side resized to this, centre square (paper: 256)
+  i.square_format = 'jpeg'  # how the squares are stored: 'jpeg' (at i.jpeg_quality) or 'raw' uint8
+  i.jpeg_quality = 90
+  i.crop = 'paper'  # on the device: 'paper' random image_size crop of the square; 'inception' random-resized
   i.flip = True
-  i.normalization = 'mean'  # 'mean': pixels in [0, 255] minus the ImageNet mean (paper); 'mean_std': torchvision
-  i.shuffle_buffer = 16_384
-  i.cache = False  # cache the encoded split in memory (small datasets)
-  i.data_shards = 0  # read the train split in this many parts (0: one per process); fixed K makes the
-  #                    batches identical for any number of processes dividing K
+  i.normalization = 'mean'  # 'mean': [0, 255] minus the ImageNet channel mean; 'mean_std': also / std
+  #                           (torchvision); 'pixel_mean': minus the per-pixel mean of the train squares (paper)
+  i.workers = 0  # host threads decoding squares (0: one per CPU core)
+  i.prefetch_batches = 4  # host batches decoded ahead
+  i.prepare_timeout_s = 48 * 3600.0  # processes other than 0 wait this long for process 0 to prepare the squares
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 0.01

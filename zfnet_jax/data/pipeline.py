@@ -1,101 +1,150 @@
-"""tfds -> per-host batches: deterministic, resumable training batches and padded evaluation batches.
+"""Prepared squares -> per-host uint8 batches with Grain: exact, O(1)-resumable train batches; padded eval batches.
 
-Training batches are a pure function of (seed, step): each epoch's order is a seeded shuffle and every
-random crop/flip is seeded by (seed, epoch, position in epoch), so a run resumed at step s sees exactly
-the batches an uninterrupted run would. Evaluation batches are padded to a fixed number of steps with
-`mask == 0` examples, so every example of the split counts exactly once.
+Training: epoch `e` visits the split in the order `default_rng([seed, e]).permutation(n)`; global batch
+`t` is entries `[p * B, (p + 1) * B)` of its epoch's order (`p = t mod steps_per_epoch`, `B` the
+global batch), and host `h` of `H` reads rows `[h * B/H, (h + 1) * B/H)` of it. So a global batch is a
+pure function of (seed, step, B), the same for any number of hosts or decoding threads, and starting at
+step `t` is index arithmetic: nothing before it is read or decoded. Each host reads only its own
+records, by index, from the ArrayRecord files (`tfds` data source), and decodes them in
+`input.workers` Grain threads (PIL releases the GIL); no TensorFlow runs here.
+
+Batches are `{'image': uint8 [b, R, R, C], 'label': int32 [b]}` (`R = input.resize_size`): 196 KB
+per 256x256x3 image to the device, where `augment.train_inputs` crops, flips and normalises them.
+Evaluation batches add `mask` (0 for padding) and cover the split exactly once over all hosts.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import io
 import math
+import os
 from typing import Callable, Iterator
 
+import grain
 import ml_collections
 import numpy as np
-import tensorflow as tf
+import PIL.Image
 import tensorflow_datasets as tfds
 
-from zfnet_jax.data import preprocess, sources
+from zfnet_jax.data import augment, sources, squares
+
+FOREVER = 2 ** 50  # examples in a host's training stream
 
 
-def data_shards(config: ml_collections.ConfigDict, process_count: int) -> int:
-  """How many disjoint parts the training split is read in (`input.data_shards`; 0: one per process)."""
-  shards = config.input.data_shards or process_count
-  if shards % process_count or config.batch_size % shards:
-    raise ValueError(f'config.input.data_shards={shards} must be a multiple of the {process_count} processes '
-                     f'and divide config.batch_size={config.batch_size}')
-  return shards
+@dataclasses.dataclass
+class Records:
+  """One split of the prepared squares, read by index; entry `k` is record `index[k]` with `labels[k]`."""
+  source: object  # tfds ArrayRecord data source
+  index: np.ndarray  # int64 record numbers (all of them, or the `dataset.classes` subset)
+  labels: np.ndarray  # int32 network labels, relabelled to 0..len(classes)-1 for a subset
+  jpeg: bool
+  shape: tuple[int, int, int]
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def example(self, k: int) -> dict[str, np.ndarray]:
+    """Entry `k`: `{'image': uint8 [R, R, C], 'label': int32}`."""
+    image = self.source[int(self.index[k])]['image']
+    if self.jpeg:
+      with PIL.Image.open(io.BytesIO(image)) as decoded:
+        image = np.asarray(decoded).reshape(self.shape)
+    return {'image': image, 'label': self.labels[k]}
+
+  def padding(self) -> dict[str, np.ndarray]:
+    return {'image': np.zeros(self.shape, np.uint8), 'label': np.int32(0)}
+
+
+def open_split(config: ml_collections.ConfigDict, split: str, process_index: int | None = None) -> Records:
+  """The prepared squares of `split` (prepared now on process 0 if they are not), `dataset.classes` applied
+  from the stored labels, without reading any image."""
+  b = squares.prepare(config, process_index)
+  if split not in b.info.splits:
+    raise ValueError(f'dataset {config.dataset.name!r} has no split {split!r}; it has '
+                     f'{", ".join(b.info.splits.keys())} (set config.dataset.train_split / eval_split)')
+  all_labels = squares.split_file(b, 'labels', split)
+  dataset_classes = b.info.features['label'].num_classes
+  sources.check_classes(config, dataset_classes)
+  classes = tuple(config.dataset.classes)
+  if classes:
+    relabel = np.full(dataset_classes, -1, np.int32)
+    relabel[list(classes)] = np.arange(len(classes))
+    index = np.flatnonzero(relabel[all_labels] >= 0)
+    labels = relabel[all_labels[index]]
+  else:
+    index, labels = np.arange(len(all_labels)), all_labels.astype(np.int32)
+  c = b.builder_config
+  jpeg = bool(c.quality)
+  source = b.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()} if jpeg else None)
+  return Records(source, index, labels, jpeg, (c.size, c.size, c.channels))
+
+
+def read_options(config: ml_collections.ConfigDict, host_batch: int) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=config.input.workers or os.cpu_count(),
+                           prefetch_buffer_size=host_batch * config.input.prefetch_batches)
 
 
 def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1) -> tuple[Iterator[dict[str, np.ndarray]], int]:
   """This host's training batches from `start_step` on, forever, and the steps per epoch.
 
-  The split is read as `K = data_shards` disjoint parts, each its own seeded stream; global batch `t`
-  is the concatenation of batch `t` of every part, and a host reads and concatenates its `K / hosts`
-  consecutive parts. So the global batches depend on (seed, step, K) only, not on the number of hosts.
-
   Yields:
-    `{'image': float32 [b, S, S, C], 'label': int32 [b]}` with `b = batch_size / process_count`.
+    `{'image': uint8 [b, R, R, C], 'label': int32 [b]}`, `b = batch_size / process_count`: rows
+    `[process_index * b, (process_index + 1) * b)` of global batch `start_step`, `start_step + 1`, ...
   """
-  preprocess.check_config(config)
-  num_shards = data_shards(config, process_count)
-  shard_batch = config.batch_size // num_shards
-  per_host = num_shards // process_count
-  streams, spe = [], None
-  for shard in range(process_index * per_host, (process_index + 1) * per_host):
-    split = sources.load_split(config, config.dataset.train_split, shard, num_shards)
-    # every part holds at least floor(n / K) examples: the same steps per epoch for all of them
-    spe = (split.num_examples // num_shards) // shard_batch
-    if spe < 1:
-      raise ValueError(f'config.batch_size={config.batch_size} is larger than the training split '
-                       f'({split.num_examples} examples, read in {num_shards} parts): lower it')
-    streams.append(_shard_stream(config, split.dataset, shard, spe, shard_batch, start_step))
-  out = tf.data.Dataset.zip(tuple(streams)).map(
-      lambda *parts: {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]})
-  return iter(tfds.as_numpy(out.prefetch(tf.data.AUTOTUNE))), spe
+  augment.check_config(config)
+  records = open_split(config, config.dataset.train_split, process_index)
+  n, global_batch = len(records), config.batch_size
+  if global_batch % process_count:
+    raise ValueError(f'config.batch_size={global_batch} must be a multiple of the {process_count} processes')
+  steps_per_epoch = n // global_batch
+  if steps_per_epoch < 1:
+    raise ValueError(f'config.batch_size={global_batch} is larger than the training split ({n} examples): lower it')
+  host_batch = global_batch // process_count
 
+  @functools.lru_cache(maxsize=2)
+  def order(epoch: int) -> np.ndarray:
+    return np.random.default_rng([config.seed, epoch]).permutation(n)
 
-def _shard_stream(config: ml_collections.ConfigDict, ds: tf.data.Dataset, shard: int, spe: int,
-                  batch: int, start_step: int) -> tf.data.Dataset:
-  """Batches of one part of the split from `start_step` on: a seeded shuffle per epoch, seeded crops."""
-  ds = ds.cache() if config.input.cache else ds
-  start_epoch, skip_steps = divmod(start_step, spe)
-  base_seed = (config.seed * 1_000_003 + shard) * 1_000_003
+  def example(k: int) -> dict[str, np.ndarray]:  # the k-th example of this host's stream
+    step, row = divmod(k, host_batch)
+    epoch, position = divmod(step, steps_per_epoch)
+    return records.example(order(epoch)[position * global_batch + process_index * host_batch + row])
 
-  def epoch(e: tf.Tensor) -> tf.data.Dataset:
-    shuffled = ds.shuffle(config.input.shuffle_buffer, seed=base_seed + e, reshuffle_each_iteration=False)
-    examples = shuffled.take(spe * batch).enumerate()
-    examples = examples.skip(tf.where(e == start_epoch, tf.constant(skip_steps * batch, tf.int64), 0))
-    return examples.map(
-        lambda i, ex: {'image': preprocess.train_image(ex['image'], tf.stack([base_seed + e, i]), config),
-                       'label': tf.cast(ex['label'], tf.int32)},
-        num_parallel_calls=tf.data.AUTOTUNE)
-
-  return tf.data.Dataset.range(start_epoch, 2 ** 40).flat_map(epoch).batch(batch, drop_remainder=True)
+  ds = grain.MapDataset.range(start_step * host_batch, FOREVER).map(example)
+  ds = ds.to_iter_dataset(read_options(config, host_batch)).batch(host_batch, drop_remainder=True)
+  return iter(ds), steps_per_epoch
 
 
 def eval_batches(config: ml_collections.ConfigDict, split_name: str | None = None, process_index: int = 0,
-                 process_count: int = 1) -> tuple[Iterator[dict[str, np.ndarray]], int, int]:
+                 process_count: int = 1, squares_only: bool = False) -> tuple[Iterator[dict[str, np.ndarray]], int, int]:
   """This host's evaluation batches: a fixed number of steps, padded with `mask == 0` examples.
 
+  With `squares_only` the images are the uint8 squares `[b, R, R, C]` (the eval step crops and normalises
+  them on the device); otherwise the normalised float32 centre crops `[b, S, S, C]` the network takes.
+
   Returns:
-    `(batches, num_steps, num_examples)`; batches are `{'image': [b, S, S, C], 'label': [b],
-    'mask': [b]}` with `b = eval_batch_size / process_count`; over all hosts and steps the `mask == 1`
-    examples are exactly the split.
+    `(batches, num_steps, num_examples)`; batches hold `image`, `label` `[b]`, `mask` `[b]` with
+    `b = eval_batch_size / process_count`; over all hosts and steps the `mask == 1` examples are exactly
+    the split.
   """
-  preprocess.check_config(config)
-  split = sources.load_split(config, split_name or config.dataset.eval_split, process_index, process_count)
-  host_batch = config.eval_batch_size // process_count
-  num_steps = math.ceil(split.num_examples / (host_batch * process_count))
-  size, channels = config.model.image_size, config.model.in_channels
-  ds = split.dataset.map(
-      lambda ex: {'image': preprocess.eval_image(ex['image'], config), 'label': tf.cast(ex['label'], tf.int32),
-                  'mask': tf.constant(1, tf.int32)}, num_parallel_calls=tf.data.AUTOTUNE)
-  padding = tf.data.Dataset.from_tensors({'image': tf.zeros((size, size, channels), tf.float32),
-                                          'label': tf.constant(0, tf.int32), 'mask': tf.constant(0, tf.int32)})
-  ds = ds.concatenate(padding.repeat()).batch(host_batch).take(num_steps).prefetch(tf.data.AUTOTUNE)
-  return iter(tfds.as_numpy(ds)), num_steps, split.num_examples
+  augment.check_config(config)
+  records = open_split(config, split_name or config.dataset.eval_split, process_index)
+  n, host_batch = len(records), config.eval_batch_size // process_count
+  num_steps = math.ceil(n / (host_batch * process_count))
+
+  def example(k: int) -> dict[str, np.ndarray]:
+    step, row = divmod(k, host_batch)
+    g = (step * process_count + process_index) * host_batch + row
+    return {**records.example(g), 'mask': np.int32(1)} if g < n else {**records.padding(), 'mask': np.int32(0)}
+
+  ds = grain.MapDataset.range(num_steps * host_batch).map(example)
+  ds = ds.to_iter_dataset(read_options(config, host_batch)).batch(host_batch)
+  if not squares_only:
+    mean = squares.pixel_mean(config)
+    ds = ds.map(lambda b: {**b, 'image': np.asarray(augment.center_crops(b['image'], config, mean))})
+  return iter(ds), num_steps, n
 
 
 def split_batches(config: ml_collections.ConfigDict, split: str | None = None,

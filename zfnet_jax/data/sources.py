@@ -1,17 +1,12 @@
-"""Where examples come from: tfds builders (prepared on first use), folder datasets, class subsets, label names.
+"""Where examples come from: tfds builders (prepared on first use), folder datasets, class checks, label names.
 
-Every host reads its own disjoint part of a split (`tfds.even_splits`; folder datasets are sharded
-after listing).
+The sources are read once, by `squares.py`, to prepare the squares that training and evaluation read.
 """
 from __future__ import annotations
 
-import dataclasses
-import io
 import os
 
 import ml_collections
-import numpy as np
-import PIL.Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -26,32 +21,31 @@ class DatasetNotFoundError(RuntimeError):
   """The dataset is not prepared and cannot be prepared here; the message says how to prepare it."""
 
 
-@dataclasses.dataclass
-class Split:
-  """One host's view of a split: the dataset of decoded examples and the split's sizes."""
-  dataset: tf.data.Dataset  # {'image': uint8 [H, W, C], 'label': int64}
-  num_examples: int  # in the whole split, over all hosts
-  num_classes: int
-
-
 def hide_accelerators_from_tf() -> None:
   """TensorFlow only feeds data here: keep it off the GPUs/TPUs that JAX uses."""
   tf.config.set_visible_devices([], 'GPU')
   tf.config.set_visible_devices([], 'TPU')
 
 
-def get_builder(d: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The tfds builder for `config.dataset`, prepared; clear errors when it cannot be."""
+def source_builder(d: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The tfds builder (or `ImageFolder`) for `config.dataset`, not prepared: its info, nothing read."""
   if d.name.startswith(FOLDER_PREFIX):
     root = d.name[len(FOLDER_PREFIX):]
     if not os.path.isdir(root):
       raise DatasetNotFoundError(f'folder dataset {root!r} does not exist: expected {root}/SPLIT/CLASS/IMAGE files')
     return tfds.folder_dataset.ImageFolder(root)
   try:
-    builder = tfds.builder(d.name, data_dir=d.data_dir)
+    return tfds.builder(d.name, data_dir=d.data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise DatasetNotFoundError(f'config.dataset.name={d.name!r} is not a tfds dataset, the bundled '
                                f"'sklearn_digits', or 'folder:/path/to/images'. ({e})") from None
+
+
+def get_builder(d: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The tfds builder for `config.dataset`, prepared; clear errors when it cannot be."""
+  builder = source_builder(d)
+  if isinstance(builder, tfds.folder_dataset.ImageFolder):
+    return builder
   if builder.is_prepared():
     return builder
   try:  # the bundled digits prepare here in seconds; ImageNet only from the manual archives (hours)
@@ -76,43 +70,6 @@ def _imagenet_missing_message(builder: tfds.core.DatasetBuilder, manual_dir: str
           f'{manual_dir} (or set --config.dataset.manual_dir), then prepare the dataset once (hours):\n  {prepare}')
 
 
-def load_split(config: ml_collections.ConfigDict, split: str, shard_index: int = 0, num_shards: int = 1) -> Split:
-  """Part `shard_index` of `num_shards` disjoint parts of `split`, decoded, in a fixed order.
-
-  With `config.dataset.classes`, only those classes' examples, relabelled 0..len(classes)-1; the
-  subset is taken from the whole split before it is sharded, so the parts stay even.
-  """
-  builder = get_builder(config.dataset)
-  known_splits = builder.info.splits  # empty under tfds.testing.mock_data
-  if known_splits and split not in known_splits:
-    raise ValueError(f'dataset {config.dataset.name!r} has no split {split!r}; it has '
-                     f'{", ".join(builder.info.splits.keys())} (set config.dataset.train_split / eval_split)')
-  classes = tuple(config.dataset.classes)
-  dataset_classes = builder.info.features['label'].num_classes
-  num_classes = check_classes(config, dataset_classes)
-  select = lambda ds: select_classes(ds, classes, dataset_classes)
-  read = tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1)
-  skip_decoding = {'image': tfds.decode.SkipDecoding()}
-  if isinstance(builder, tfds.folder_dataset.ImageFolder):
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=skip_decoding)
-    ds = select(ds).shard(num_shards, shard_index).map(
-        lambda ex: {'image': _decode_file(ex['image'], ex['image/filename']), 'label': ex['label']})
-  elif classes:
-    ds = select(builder.as_dataset(split=split, shuffle_files=False, read_config=read)).shard(num_shards, shard_index)
-  else:
-    part = tfds.even_splits(split, n=num_shards, drop_remainder=False)[shard_index]
-    ds = builder.as_dataset(split=part, shuffle_files=False, read_config=read)
-  if classes:  # count the subset's labels without decoding images
-    labels = builder.as_dataset(split=split, shuffle_files=False, decoders=skip_decoding)
-    num_examples = int(select(labels).reduce(0, lambda n, _: n + 1))
-  elif split in known_splits:
-    num_examples = known_splits[split].num_examples
-  else:
-    num_examples = int(builder.as_dataset(split=split).reduce(0, lambda n, _: n + 1))
-  ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
-  return Split(ds, num_examples, num_classes)
-
-
 def check_classes(config: ml_collections.ConfigDict, dataset_classes: int) -> int:
   """The number of classes the network sees (`dataset.classes` or all); errors say which field to set."""
   classes, name = tuple(config.dataset.classes), config.dataset.name
@@ -125,29 +82,6 @@ def check_classes(config: ml_collections.ConfigDict, dataset_classes: int) -> in
     raise ValueError(f'dataset {name!r} {chosen} but config.model.num_classes is {config.model.num_classes}: '
                      f'set --config.model.num_classes={num_classes}')
   return num_classes
-
-
-def select_classes(ds: tf.data.Dataset, classes: tuple[int, ...], dataset_classes: int) -> tf.data.Dataset:
-  """Keeps the examples whose label is in `classes`, relabelled to its position there; `()` keeps all."""
-  if not classes:
-    return ds
-  new_label = np.full(dataset_classes, -1, np.int64)
-  new_label[list(classes)] = np.arange(len(classes))
-  new_label = tf.constant(new_label)
-  relabelled = ds.map(lambda ex: {**ex, 'label': tf.gather(new_label, ex['label'])})
-  return relabelled.filter(lambda ex: ex['label'] >= 0)
-
-
-def _decode_file(encoded: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
-  """Decodes an image file's bytes to uint8 RGB `[H, W, 3]`; an unreadable file is an error naming it."""
-  def decode(data: bytes, name: bytes) -> np.ndarray:
-    try:
-      with PIL.Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert('RGB'))
-    except (OSError, ValueError) as e:
-      raise ValueError(f'corrupt or unreadable image file {name.decode()} ({e}): remove or replace it') from None
-  image = tf.numpy_function(decode, [encoded, filename], tf.uint8, stateful=False)
-  return tf.ensure_shape(image, (None, None, 3))
 
 
 def class_names(config: ml_collections.ConfigDict) -> list[str] | None:

@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from matplotlib.figure import Figure
 
 from zfnet_jax import config_lib
+from zfnet_jax.data import augment, squares
 from zfnet_jax.model import network
 from zfnet_jax.training import checkpointing, evaluation, loop, metric_writer, steps
 
@@ -66,7 +67,8 @@ def split_metrics(config: ml_collections.ConfigDict, workdir: str, split: str) -
   model, params, step = checkpointing.load_params(config, workdir)
   mesh = steps.make_mesh()
   params = jax.device_put(params, NamedSharding(mesh, P()))
-  metrics = evaluation.evaluate(evaluation.jit_eval_step(mesh, model), params, config, mesh, split)
+  eval_fn = evaluation.jit_eval_step(mesh, model, augment.normalize_fn(config, squares.pixel_mean(config)))
+  metrics = evaluation.evaluate(eval_fn, params, config, mesh, split)
   return metrics, network.count_params(params), step
 
 

@@ -93,14 +93,14 @@ def target_config(source: ml_collections.ConfigDict, name: str | None = None, cl
 
 def pool_labels(target: ml_collections.ConfigDict, splits: Sequence[str],
                 keep_images: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
-  """`(labels [N], raw uint8 images)` of the target splits pooled in order; images only if `keep_images`."""
+  """`(labels [N], uint8 squares)` of the target splits pooled in order; squares only if `keep_images`."""
   labels, images = [], []
   for split in splits:
-    for ex in sources.load_split(target, split).dataset.as_numpy_iterator():
-      labels.append(int(ex['label']))
-      if keep_images:
-        images.append(ex['image'])
-  return np.asarray(labels), images
+    records = pipeline.open_split(target, split)
+    labels.append(records.labels)
+    if keep_images:
+      images += [records.example(k)['image'] for k in range(len(records))]
+  return np.concatenate(labels).astype(np.int64), images
 
 
 def available_layers(arch: network.Architecture) -> tuple[int, ...]:

@@ -12,15 +12,21 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from zfnet_jax.data import preprocess
+from zfnet_jax.data import preprocess, squares
 from zfnet_jax.interpret import topk
 
 
 def to_display(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
-  """Network inputs `[..., C]` back to RGB pixels in [0, 1] (grey repeated to 3 channels)."""
+  """Network inputs `[..., C]` back to RGB pixels in [0, 1] (grey repeated to 3 channels).
+
+  Under `pixel_mean` normalisation a patch's place in the square is not known here, so the mean image's
+  per-channel average is added back: exact up to the mean image's spatial variation.
+  """
   channels = images.shape[-1]
   mean = np.asarray(preprocess.IMAGENET_MEAN if channels == 3 else [np.mean(preprocess.IMAGENET_MEAN)])
   std = np.asarray(preprocess.IMAGENET_STD if channels == 3 else [np.mean(preprocess.IMAGENET_STD)])
+  if config.input.normalization == 'pixel_mean':
+    mean = squares.pixel_mean(config).mean(axis=(0, 1))
   pixels = images * std + mean if config.input.normalization == 'mean_std' else images + mean
   return _rgb(np.clip(pixels / 255.0, 0.0, 1.0))
 

@@ -1,9 +1,9 @@
 """Evaluation: the one eval step (1 or 10 crops) and the one loop over a split, every example counted once.
 
 `--crops 1` scores the centre crop; `10` the paper's ten test crops (the four corners and the centre of
-the resized square, each also mirrored), averaging the ten softmaxes. Batches may hold network-size
-images or larger squares (`squares_config`): the crops are cut on the device, so ten crops cost ten
-forward passes but no extra host work.
+the square, each also mirrored), averaging the ten softmaxes. Batches hold the prepared uint8 squares
+(`pipeline.eval_batches(..., squares_only=True)`): normalisation and crops run on the device, so ten
+crops cost ten forward passes but no extra host work.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from zfnet_jax.data import pipeline, sources
+from zfnet_jax.data import augment, pipeline, sources, squares
 from zfnet_jax.model import network
 from zfnet_jax.training import checkpointing, steps
 
@@ -28,7 +28,7 @@ CROP_MODES = (1, 10)
 def crops(squares: jax.Array, size: int, num_crops: int) -> jax.Array:
   """`[B, R, R, C]` images -> `[num_crops, B, size, size, C]` crops.
 
-  1: the centre crop, at offset `(R - size) // 2` as `preprocess.eval_image` cuts it (the image itself
+  1: the centre crop, at offset `(R - size) // 2` as `augment.center_crops` cuts it (the image itself
   when `R == size`). 10: the centre and the four corners, then the same five mirrored left-right.
   """
   if num_crops not in CROP_MODES:
@@ -49,10 +49,11 @@ def mean_log_probs(params: Any, squares: jax.Array, *, model: network.ConvNet, n
   return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(num_crops)
 
 
-def eval_step(params: Any, batch: steps.Batch, *, model: network.ConvNet, num_crops: int = 1) -> dict[str, jax.Array]:
-  """Sums over the `mask == 1` images of `batch` (`image` `[B, R, R, C]`, `label`, `mask` `[B]`): loss,
-  top-1 and top-5 correct, count."""
-  scores = mean_log_probs(params, batch['image'], model=model, num_crops=num_crops)
+def eval_step(params: Any, batch: steps.Batch, *, model: network.ConvNet, normalize: Callable,
+              num_crops: int = 1) -> dict[str, jax.Array]:
+  """Sums over the `mask == 1` images of `batch` (`image` uint8 squares `[B, R, R, C]`, `label`, `mask`
+  `[B]`): loss, top-1 and top-5 correct, count. `normalize`: `augment.normalize_fn(config, pixel_mean)`."""
+  scores = mean_log_probs(params, normalize(batch['image']), model=model, num_crops=num_crops)
   mask = batch['mask'].astype(jnp.float32)
   loss = -jnp.take_along_axis(scores, batch['label'][:, None], axis=-1)[:, 0]
   return {'loss': jnp.sum(loss * mask),
@@ -61,18 +62,12 @@ def eval_step(params: Any, batch: steps.Batch, *, model: network.ConvNet, num_cr
           'count': jnp.sum(mask)}
 
 
-def jit_eval_step(mesh: Mesh, model: network.ConvNet, num_crops: int = 1) -> Callable:
+def jit_eval_step(mesh: Mesh, model: network.ConvNet, normalize: Callable, num_crops: int = 1) -> Callable:
   """`eval_step` jitted over `mesh`: `(params replicated, batch sharded over data) -> sums (replicated)`."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  return jax.jit(functools.partial(eval_step, model=model, num_crops=num_crops), in_shardings=(replicated, data),
+  return jax.jit(functools.partial(eval_step, model=model, normalize=normalize, num_crops=num_crops),
+                 in_shardings=(replicated, data),
                  out_shardings=replicated, compiler_options=steps.compiler_options(mesh))
-
-
-def squares_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config` with `model.image_size = input.resize_size`: its eval batches are the whole resized squares."""
-  squares = config.copy_and_resolve_references()
-  squares.model.image_size = config.input.resize_size
-  return squares
 
 
 def evaluate(eval_fn: Callable, params: Any, config: ml_collections.ConfigDict, mesh: Mesh,
@@ -81,7 +76,8 @@ def evaluate(eval_fn: Callable, params: Any, config: ml_collections.ConfigDict, 
 
   Every example counts exactly once (the last batch is padded and masked); `num_examples` says how many.
   """
-  batches, _, num_examples = pipeline.eval_batches(config, split, jax.process_index(), jax.process_count())
+  batches, _, num_examples = pipeline.eval_batches(config, split, jax.process_index(), jax.process_count(),
+                                                   squares_only=True)
   sums = None
   one_step_in_flight = steps.one_step_in_flight()
   for batch in batches:
@@ -109,7 +105,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_cro
   mesh = steps.make_mesh()
   params = jax.device_put(params, NamedSharding(mesh, P()))
   split = config.dataset.eval_split
-  results = evaluate(jit_eval_step(mesh, model, num_crops), params, squares_config(config), mesh, split)
+  pixel_mean = squares.pixel_mean(config)
+  eval_fn = jit_eval_step(mesh, model, augment.normalize_fn(config, pixel_mean), num_crops)
+  results = evaluate(eval_fn, params, config, mesh, split)
   record = {**{k: results[k] for k in ('top1', 'top5', 'loss')}, 'num_examples': int(results['num_examples']),
             'crops': num_crops, 'checkpoint_step': step, 'dataset': config.dataset.name, 'split': split}
   if jax.process_index() == 0:

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from zfnet_jax.data import pipeline, sources
+from zfnet_jax.data import augment, pipeline, sources, squares
 from zfnet_jax.model import network
 from zfnet_jax.training import checkpointing, evaluation, metric_writer, optim, steps
 
@@ -92,9 +92,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_steps = config.num_train_steps if config.num_train_steps > 0 else math.ceil(config.num_epochs * steps_per_epoch)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, num_steps)
   tx = optim.create_optimizer(config.optim, schedule)
+  # the data: uint8 squares from the host (resumed at `latest` by index arithmetic), crops on the device
+  pixel_mean = squares.pixel_mean(config)
   init_fn, train_fn = steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius,
-                                      config.skip_nonfinite_steps)
-  eval_fn = evaluation.jit_eval_step(mesh, model)
+                                      config.skip_nonfinite_steps, inputs=augment.train_inputs_fn(config, pixel_mean))
+  eval_fn = evaluation.jit_eval_step(mesh, model, augment.normalize_fn(config, pixel_mean))
 
   state = init_fn(jax.random.key(config.seed))
   writer = metric_writer.MetricWriter(workdir, enabled=proc == 0)

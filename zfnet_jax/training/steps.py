@@ -77,17 +77,19 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: Batch, *, model: network.ConvNet, tx: optax.GradientTransformation,
-               dropout_key: jax.Array, filter_rms_radius: float,
+               dropout_key: jax.Array, filter_rms_radius: float, inputs: Callable,
                skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on `batch` (`image` `[B, S, S, C]`, `label` `[B]`); returns metrics as batch means.
+  """One SGD step on `batch` (`image` uint8 squares `[B, R, R, C]`, `label` `[B]`); returns metrics as batch
+  means. `inputs(images, step)` turns the squares into network inputs (`augment.train_inputs_fn`).
 
   With `skip_nonfinite`, a batch whose loss or gradients are not finite leaves the parameters and
   optimiser state as they were (the step still counts); its metrics are zero and `skipped` is 1.
   """
   rng = jax.random.fold_in(dropout_key, state.step)
+  images = inputs(batch['image'], state.step)  # crops, flips, normalisation on the device
 
   def loss_fn(params):
-    logits = model.apply({'params': params}, batch['image'], train=True, rngs={'dropout': rng})
+    logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng})
     return jnp.mean(cross_entropy(logits, batch['label'])), logits
 
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -112,8 +114,10 @@ def create_state(model: network.ConvNet, tx: optax.GradientTransformation, rng: 
 
 
 def jit_steps(mesh: Mesh, model: network.ConvNet, tx: optax.GradientTransformation, seed: int,
-              filter_rms_radius: float, skip_nonfinite: bool = False) -> tuple[Callable, Callable]:
-  """`(init, train)` jitted with explicit shardings; `train` donates the state it is given.
+              filter_rms_radius: float, skip_nonfinite: bool = False, *,
+              inputs: Callable) -> tuple[Callable, Callable]:
+  """`(init, train)` jitted with explicit shardings; `train` donates the state it is given. `inputs`:
+  `augment.train_inputs_fn(config, pixel_mean)`.
 
   `init(rng) -> state` (replicated); `train(state, batch) -> (state, metrics)`. The eval step is
   `evaluation.jit_eval_step`.
@@ -123,7 +127,7 @@ def jit_steps(mesh: Mesh, model: network.ConvNet, tx: optax.GradientTransformati
   init = jax.jit(functools.partial(create_state, model, tx), out_shardings=replicated)
   train = jax.jit(
       functools.partial(train_step, model=model, tx=tx, dropout_key=jax.random.key(seed),
-                        filter_rms_radius=filter_rms_radius, skip_nonfinite=skip_nonfinite),
+                        filter_rms_radius=filter_rms_radius, inputs=inputs, skip_nonfinite=skip_nonfinite),
       in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0,
       compiler_options=options)
   return init, train
