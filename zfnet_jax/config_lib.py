@@ -83,7 +83,9 @@ def base() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
-  c.skip_nonfinite_steps = False  # False: stop on a non-finite loss; True: skip such batches and go on
+  c.skip_nonfinite_steps = False  # False: stop on a non-finite loss/gradient/parameter; True: skip such batches
+  c.profile_steps = (0, 0)  # (first, last): trace train steps first..last (1-based) with jax.profiler into
+  #                           WORKDIR/profile (TensorBoard's profile tab, Perfetto); (0, 0): off
   return c
 
 

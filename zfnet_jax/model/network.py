@@ -142,7 +142,7 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, record: bool = False) -> jax.Array:
-    """`[B, H, W, in_channels]` images -> `[B, num_classes]` logits."""
+    """`[B, H, W, in_channels]` images -> `[B, num_classes]` float32 logits (fc8 runs in float32)."""
     a = self.arch
     init = KERNEL_INITS[self.kernel_init]
     x = x.astype(self.dtype)
@@ -168,8 +168,8 @@ class ConvNet(nn.Module):
       x = nn.relu(x)
       self.sow('intermediates', f'layer{n}', x)
       x = nn.Dropout(a.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(a.num_classes, dtype=self.dtype, kernel_init=init, name='fc8')(x)
-    return x.astype(jnp.float32)
+    # the classifier in float32 whatever the compute dtype: bf16 logits tie and round the loss
+    return nn.Dense(a.num_classes, dtype=jnp.float32, kernel_init=init, name='fc8')(x)
 
   def _lrn(self, x: jax.Array) -> jax.Array:
     a = self.arch
