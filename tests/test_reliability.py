@@ -7,6 +7,7 @@ the steps; and 4 devices in all with `input.data_shards=2`, so the global batche
 however many processes read them.
 """
 import os
+import re
 import shutil
 import signal
 import socket
@@ -54,7 +55,7 @@ def launch(workdir, tfds_dir, num_steps, cache, processes=1, devices=4, wait=Tru
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(processes)]
   if not wait:
-    return procs[0]
+    return procs
   outs = [p.communicate(timeout=300)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
@@ -122,25 +123,45 @@ def test_hosts_read_disjoint_parts_that_cover_the_split(tfds_dir):
   assert next(host0)['image'].shape[0] == 8
 
 
+def wait_for_checkpoint(procs, workdir, step):
+  """Waits until `workdir` holds a checkpoint at `step` or later (the run is then in its training loop)."""
+  ckpts = workdir / 'checkpoints'
+  deadline = time.time() + 240
+  while not (ckpts.exists() and any(d.isdigit() and int(d) >= step for d in os.listdir(ckpts))):
+    assert all(p.poll() is None for p in procs) and time.time() < deadline, procs[0].stdout.read()[-3000:]
+    time.sleep(0.05)
+
+
 @pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_to_the_uninterrupted_result(tfds_dir, reference, tmp_path, compile_cache, sig):
-  proc = launch(tmp_path, tfds_dir, 2 * K, compile_cache, wait=False)
-  ckpts = tmp_path / 'checkpoints'
-  deadline = time.time() + 240
-  while not (ckpts.exists() and any(d.isdigit() and int(d) >= 2 for d in os.listdir(ckpts))):
-    assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
-    time.sleep(0.05)
+  [proc] = launch(tmp_path, tfds_dir, 2 * K, compile_cache, wait=False)
+  wait_for_checkpoint([proc], tmp_path, 2)
   proc.send_signal(sig)
   out = proc.communicate(timeout=120)[0]
-  if sig == signal.SIGTERM:
-    assert proc.returncode == 0, out[-3000:]
-    assert 'SIGTERM: saved a checkpoint at step' in out
+  if sig == signal.SIGTERM:  # a preemption: a checkpoint, and a status that says "unfinished"
+    assert proc.returncode == loop.PREEMPTED_EXIT_STATUS, out[-3000:]
+    assert 'preempted: saved a checkpoint at step' in out
   stopped_at = checkpointing.manager(str(tmp_path)).latest_step()
   assert stopped_at is not None and stopped_at < 2 * K, out[-2000:]
   out = launch(tmp_path, tfds_dir, 2 * K, compile_cache)
   assert f'Resuming from the checkpoint at step {stopped_at}' in out
   # same data, same random numbers, same program: bit-exact
   assert_trees(params_at(tfds_dir, tmp_path, 2 * K), params_at(tfds_dir, reference, 2 * K))
+
+
+def test_sigterm_to_one_of_two_hosts_stops_both_at_one_checkpoint(tfds_dir, reference, tmp_path, compile_cache):
+  procs = launch(tmp_path, tfds_dir, 2 * K, compile_cache, processes=2, wait=False)
+  wait_for_checkpoint(procs, tmp_path, 2)
+  procs[1].send_signal(signal.SIGTERM)  # process 0 gets no signal: JAX's preemption sync point tells it
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  assert [p.returncode for p in procs] == [loop.PREEMPTED_EXIT_STATUS] * 2, outs[1][-3000:]
+  stopped = [int(re.search(r'preempted: saved a checkpoint at step (\d+)/', out).group(1)) for out in outs]
+  assert stopped[0] == stopped[1] == checkpointing.manager(str(tmp_path)).latest_step() < 2 * K, outs[0][-2000:]
+  out = launch(tmp_path, tfds_dir, 2 * K, compile_cache, processes=2)  # the same command again
+  assert f'Resuming from the checkpoint at step {stopped[0]}' in out
+  update = jax.tree_util.tree_map(lambda a, b: a - b, params_at(tfds_dir, reference, 2 * K),
+                                  params_at(tfds_dir, reference, K))
+  assert_same_training(params_at(tfds_dir, tmp_path, 2 * K), params_at(tfds_dir, reference, 2 * K), update)
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tfds_dir, tmp_path):

@@ -87,9 +87,10 @@ def load_params(config: ml_collections.ConfigDict, workdir: str,
                             f'  python -m zfnet_jax.train --config CONFIG --workdir {workdir}')
   check_architecture(mngr, step, model.arch)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  saved = dict(mngr.item_metadata(step)['state'])
-  target = {k: jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), v)
-            if k == 'params' else jax.tree_util.tree_map(lambda _: ocp.PLACEHOLDER, v) for k, v in saved.items()}
-  params = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']['params']
+  saved = mngr.item_metadata(step)['state']['params']
+  target = {'params': jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)}
+  with ocp.PyTreeCheckpointer() as reader:  # reads the `params` subtree of the state alone
+    params = reader.restore(mngr.directory / str(step) / 'state', args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))['params']
   mngr.close()
   return model, params, step
