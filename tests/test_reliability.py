@@ -91,24 +91,6 @@ def reference(tfds_dir, tmp_path_factory, compile_cache):
   return workdir
 
 
-def test_two_hosts_equal_one_and_checkpoints_move_between_them(tfds_dir, reference, tmp_path, compile_cache):
-  # 2 processes x 2 devices for K steps == 1 process x 4 devices
-  ref_k, ref_2k = params_at(tfds_dir, reference, K), params_at(tfds_dir, reference, 2 * K)
-  update = jax.tree_util.tree_map(lambda a, b: a - b, ref_2k, ref_k)  # what K steps move each parameter
-  multi = tmp_path / 'multi'
-  launch(multi, tfds_dir, K, compile_cache, processes=2)
-  assert_same_training(params_at(tfds_dir, multi, K), ref_k, update)
-  # the multi-host checkpoint resumes in a single-host run ...
-  out = launch(multi, tfds_dir, 2 * K, compile_cache)
-  assert f'Resuming from the checkpoint at step {K}' in out
-  assert_same_training(params_at(tfds_dir, multi, 2 * K), ref_2k, update)
-  # ... and a single-host checkpoint in a multi-host run
-  single = tmp_path / 'single'
-  shutil.copytree(reference / 'checkpoints' / str(K), single / 'checkpoints' / str(K))
-  launch(single, tfds_dir, 2 * K, compile_cache, processes=2)
-  assert_same_training(params_at(tfds_dir, single, 2 * K), ref_2k, update)
-
-
 def test_hosts_read_disjoint_parts_that_cover_the_split(tfds_dir):
   config = digits_config(tfds_dir)
   whole = sources.load_split(config, 'train').dataset
@@ -149,19 +131,35 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tfds_dir, reference, tmp
   assert_trees(params_at(tfds_dir, tmp_path, 2 * K), params_at(tfds_dir, reference, 2 * K))
 
 
-def test_sigterm_to_one_of_two_hosts_stops_both_at_one_checkpoint(tfds_dir, reference, tmp_path, compile_cache):
-  procs = launch(tmp_path, tfds_dir, 2 * K, compile_cache, processes=2, wait=False)
-  wait_for_checkpoint(procs, tmp_path, 2)
+def test_two_hosts_equal_one_through_a_preemption_and_checkpoints_move_between_them(tfds_dir, reference, tmp_path,
+                                                                                    compile_cache):
+  ref_k, ref_2k = params_at(tfds_dir, reference, K), params_at(tfds_dir, reference, 2 * K)
+  update = jax.tree_util.tree_map(lambda a, b: a - b, ref_2k, ref_k)  # what K steps move each parameter
+  # 2 processes x 2 devices, SIGTERM to process 1 only: both save the same step and exit "unfinished" ...
+  multi = tmp_path / 'multi'
+  procs = launch(multi, tfds_dir, 2 * K, compile_cache, processes=2, wait=False)
+  wait_for_checkpoint(procs, multi, 2)
   procs[1].send_signal(signal.SIGTERM)  # process 0 gets no signal: JAX's preemption sync point tells it
   outs = [p.communicate(timeout=120)[0] for p in procs]
   assert [p.returncode for p in procs] == [loop.PREEMPTED_EXIT_STATUS] * 2, outs[1][-3000:]
   stopped = [int(re.search(r'preempted: saved a checkpoint at step (\d+)/', out).group(1)) for out in outs]
-  assert stopped[0] == stopped[1] == checkpointing.manager(str(tmp_path)).latest_step() < 2 * K, outs[0][-2000:]
-  out = launch(tmp_path, tfds_dir, 2 * K, compile_cache, processes=2)  # the same command again
+  assert stopped[0] == stopped[1] == checkpointing.manager(str(multi)).latest_step() < 2 * K, outs[0][-2000:]
+  # ... the same command again finishes == 1 process x 4 devices, uninterrupted
+  out = launch(multi, tfds_dir, 2 * K, compile_cache, processes=2)
   assert f'Resuming from the checkpoint at step {stopped[0]}' in out
-  update = jax.tree_util.tree_map(lambda a, b: a - b, params_at(tfds_dir, reference, 2 * K),
-                                  params_at(tfds_dir, reference, K))
-  assert_same_training(params_at(tfds_dir, tmp_path, 2 * K), params_at(tfds_dir, reference, 2 * K), update)
+  assert_same_training(params_at(tfds_dir, multi, K), ref_k, update)
+  assert_same_training(params_at(tfds_dir, multi, 2 * K), ref_2k, update)
+  # a multi-host checkpoint resumes in a single-host run ...
+  from_multi = tmp_path / 'from_multi'
+  shutil.copytree(multi / 'checkpoints' / str(K), from_multi / 'checkpoints' / str(K))
+  out = launch(from_multi, tfds_dir, 2 * K, compile_cache)
+  assert f'Resuming from the checkpoint at step {K}' in out
+  assert_same_training(params_at(tfds_dir, from_multi, 2 * K), ref_2k, update)
+  # ... and a single-host checkpoint in a multi-host run
+  single = tmp_path / 'single'
+  shutil.copytree(reference / 'checkpoints' / str(K), single / 'checkpoints' / str(K))
+  launch(single, tfds_dir, 2 * K, compile_cache, processes=2)
+  assert_same_training(params_at(tfds_dir, single, 2 * K), ref_2k, update)
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tfds_dir, tmp_path):
