@@ -80,7 +80,7 @@ def base() -> ml_collections.ConfigDict:
   c.seed = 0
   c.dtype = 'float32'  # compute dtype; 'bfloat16' on TPU/GPU (parameters stay float32)
   c.log_every_steps = 50
-  c.eval_every_epochs = 1
+  c.eval_every_epochs = 1.0  # a fraction evaluates several times an epoch
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.skip_nonfinite_steps = False  # False: stop on a non-finite loss/gradient/parameter; True: skip such batches
