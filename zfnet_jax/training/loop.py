@@ -142,6 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return results
 
   if step >= num_steps:
+    mngr.close()
     metric_writer.log(f'Training already finished at step {step}; evaluating the final checkpoint.')
     return run_eval(step, record=False)
   progress = metric_writer.Progress(num_steps, step, config.batch_size)
