@@ -206,9 +206,21 @@ def test_sigterm_at_the_last_step_never_returns_a_stale_eval_and_resume_draws_on
         yield batch
     return send(), steps_per_epoch
   monkeypatch.setattr(pipeline, 'train_batches', sigterm_with_the_last_batch)
+  # when each step's metrics are read: after the next step is dispatched, except at save and eval steps
+  dispatched, read_at = [], {}
+  jit_steps, log_train_metrics = steps.jit_steps, loop.log_train_metrics
+  def counting_jit_steps(*args, **kwargs):
+    init, train = jit_steps(*args, **kwargs)
+    return init, lambda *a: dispatched.append(1) or train(*a)
+  def recording_log(writer, progress, step, *args):
+    read_at[step] = len(dispatched)
+    log_train_metrics(writer, progress, step, *args)
+  monkeypatch.setattr(steps, 'jit_steps', counting_jit_steps)
+  monkeypatch.setattr(loop, 'log_train_metrics', recording_log)
   with pytest.raises(loop.Preempted, match='step 6/6'):  # not the eval of step 3 as the final result
     loop.train_and_evaluate(config, str(tmp_path))
   monkeypatch.undo()
+  assert read_at == {1: 2, 2: 3, 3: 3, 4: 4, 5: 6, 6: 6}  # 3: eval, 4: save, 6: save (preempted)
   # a crash before the save at step 6 committed: steps 5 and 6 are redone from step 4
   shutil.rmtree(tmp_path / 'checkpoints' / '6')
   results = loop.train_and_evaluate(config, str(tmp_path))
