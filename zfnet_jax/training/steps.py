@@ -68,9 +68,24 @@ def device_key(seed: int, mesh: Mesh) -> jax.Array:
 
 
 def global_batch(mesh: Mesh, host_batch: dict[str, np.ndarray]) -> Batch:
-  """Assembles the hosts' local batches into global arrays sharded over the `data` axis."""
+  """Assembles the hosts' local batches into global arrays sharded over the `data` axis.
+
+  Each local device gets its rows by an explicit `jax.device_put` (what `JAX_TRANSFER_GUARD=disallow`
+  allows; `jax.make_array_from_process_local_data` counts as implicit there). This process's devices
+  hold a contiguous block of the global batch, as on a `make_mesh` mesh.
+  """
   sharding = NamedSharding(mesh, P('data'))
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}
+  out = {}
+  for k, v in host_batch.items():
+    shape = (v.shape[0] * jax.process_count(), *v.shape[1:])
+    rows = {d: (idx[0].start or 0, idx[0].stop or shape[0]) for d, idx in
+            sharding.addressable_devices_indices_map(shape).items()}
+    first = min(start for start, _ in rows.values())
+    if max(stop for _, stop in rows.values()) - first != v.shape[0]:
+      raise ValueError(f'the {v.shape[0]} local rows of `{k}` do not match this process\'s devices on the mesh')
+    shards = [jax.device_put(v[start - first:stop - first], d) for d, (start, stop) in rows.items()]
+    out[k] = jax.make_array_from_single_device_arrays(shape, sharding, shards)
+  return out
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
