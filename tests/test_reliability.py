@@ -1,12 +1,16 @@
-"""Many hosts compute what one does; killed runs resume exactly; bad input fails clearly.
+"""Many hosts compute what one does; killed and preempted runs resume exactly; bad input fails clearly.
 
-Hosts are real JAX processes on this machine (gloo collectives), launched through the real CLI.
+Hosts are real JAX processes on this machine (gloo collectives), launched through the real CLI under
+`JAX_TRANSFER_GUARD=disallow`, so initialisation, batch placement, training, saving, restoring and
+evaluation make no implicit host<->device transfer.
 Every run uses a constant learning rate, so a run extended by more steps continues the same
 trajectory, and a small one (0.005), so last-bit differences between topologies do not blow up over
 the steps; and 4 devices in all. The global batches are identical however many processes read them
 (tests/test_data.py).
 """
+import glob
 import os
+import re
 import shutil
 import signal
 import socket
@@ -15,12 +19,15 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from conftest import PATIENT_COLLECTIVES, REPO, config_path, digits_config
 from zfnet_jax.data import augment, pipeline
-from zfnet_jax.training import checkpointing, loop, steps
+from zfnet_jax.training import checkpointing, evaluation, loop, steps
 
 K = 6  # steps per leg; runs go to K and 2K
 
@@ -36,6 +43,7 @@ def launch(workdir, tfds_dir, num_steps, cache, processes=1, devices=4, wait=Tru
   env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices // processes} '
                                     + PATIENT_COLLECTIVES,
          'TF_CPP_MIN_LOG_LEVEL': '2', 'JAX_COMPILATION_CACHE_DIR': cache,
+         'JAX_TRANSFER_GUARD': 'disallow',  # as big_vision trains: any implicit host<->device copy is an error
          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', 'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
   args = [sys.executable, '-m', 'zfnet_jax.train', '--config', config_path('digits'), '--workdir', str(workdir),
           f'--config.dataset.data_dir={tfds_dir}', f'--config.num_train_steps={num_steps}',
@@ -52,7 +60,7 @@ def launch(workdir, tfds_dir, num_steps, cache, processes=1, devices=4, wait=Tru
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(processes)]
   if not wait:
-    return procs[0]
+    return procs
   outs = [p.communicate(timeout=300)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
@@ -88,37 +96,24 @@ def reference(tfds_dir, tmp_path_factory, compile_cache):
   return workdir
 
 
-def test_two_hosts_equal_one_and_checkpoints_move_between_them(tfds_dir, reference, tmp_path, compile_cache):
-  # 2 processes x 2 devices for K steps == 1 process x 4 devices
-  ref_k, ref_2k = params_at(tfds_dir, reference, K), params_at(tfds_dir, reference, 2 * K)
-  update = jax.tree_util.tree_map(lambda a, b: a - b, ref_2k, ref_k)  # what K steps move each parameter
-  multi = tmp_path / 'multi'
-  launch(multi, tfds_dir, K, compile_cache, processes=2)
-  assert_same_training(params_at(tfds_dir, multi, K), ref_k, update)
-  # the multi-host checkpoint resumes in a single-host run ...
-  out = launch(multi, tfds_dir, 2 * K, compile_cache)
-  assert f'Resuming from the checkpoint at step {K}' in out
-  assert_same_training(params_at(tfds_dir, multi, 2 * K), ref_2k, update)
-  # ... and a single-host checkpoint in a multi-host run
-  single = tmp_path / 'single'
-  shutil.copytree(reference / 'checkpoints' / str(K), single / 'checkpoints' / str(K))
-  launch(single, tfds_dir, 2 * K, compile_cache, processes=2)
-  assert_same_training(params_at(tfds_dir, single, 2 * K), ref_2k, update)
+def wait_for_checkpoint(procs, workdir, step):
+  """Waits until `workdir` holds a checkpoint at `step` or later (the run is then in its training loop)."""
+  ckpts = workdir / 'checkpoints'
+  deadline = time.time() + 240
+  while not (ckpts.exists() and any(d.isdigit() and int(d) >= step for d in os.listdir(ckpts))):
+    assert all(p.poll() is None for p in procs) and time.time() < deadline, procs[0].stdout.read()[-3000:]
+    time.sleep(0.05)
 
 
 @pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_to_the_uninterrupted_result(tfds_dir, reference, tmp_path, compile_cache, sig):
-  proc = launch(tmp_path, tfds_dir, 2 * K, compile_cache, wait=False)
-  ckpts = tmp_path / 'checkpoints'
-  deadline = time.time() + 240
-  while not (ckpts.exists() and any(d.isdigit() and int(d) >= 2 for d in os.listdir(ckpts))):
-    assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
-    time.sleep(0.05)
+  [proc] = launch(tmp_path, tfds_dir, 2 * K, compile_cache, wait=False)
+  wait_for_checkpoint([proc], tmp_path, 2)
   proc.send_signal(sig)
   out = proc.communicate(timeout=120)[0]
-  if sig == signal.SIGTERM:
-    assert proc.returncode == 0, out[-3000:]
-    assert 'SIGTERM: saved a checkpoint at step' in out
+  if sig == signal.SIGTERM:  # a preemption: a checkpoint, and a status that says "unfinished"
+    assert proc.returncode == loop.PREEMPTED_EXIT_STATUS, out[-3000:]
+    assert 'preempted: saved a checkpoint at step' in out
   stopped_at = checkpointing.manager(str(tmp_path)).latest_step()
   assert stopped_at is not None and stopped_at < 2 * K, out[-2000:]
   out = launch(tmp_path, tfds_dir, 2 * K, compile_cache)
@@ -127,16 +122,108 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tfds_dir, reference, tmp
   assert_trees(params_at(tfds_dir, tmp_path, 2 * K), params_at(tfds_dir, reference, 2 * K))
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tfds_dir, tmp_path):
-  config = digits_config(tfds_dir, num_train_steps=8, checkpoint_every_steps=2, log_every_steps=2,
-                         optim__learning_rate=1e12, optim__filter_rms_radius=0.0)
-  with pytest.raises(FloatingPointError, match=r'non-finite training loss between steps \d+ and \d+') as e:
+def test_two_hosts_equal_one_through_a_preemption_and_checkpoints_move_between_them(tfds_dir, reference, tmp_path,
+                                                                                    compile_cache):
+  ref_k, ref_2k = params_at(tfds_dir, reference, K), params_at(tfds_dir, reference, 2 * K)
+  update = jax.tree_util.tree_map(lambda a, b: a - b, ref_2k, ref_k)  # what K steps move each parameter
+  # 2 processes x 2 devices, SIGTERM to process 1 only: both save the same step and exit "unfinished" ...
+  multi = tmp_path / 'multi'
+  procs = launch(multi, tfds_dir, 2 * K, compile_cache, processes=2, wait=False)
+  wait_for_checkpoint(procs, multi, 2)
+  procs[1].send_signal(signal.SIGTERM)  # process 0 gets no signal: JAX's preemption sync point tells it
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  assert [p.returncode for p in procs] == [loop.PREEMPTED_EXIT_STATUS] * 2, outs[1][-3000:]
+  stopped = [int(re.search(r'preempted: saved a checkpoint at step (\d+)/', out).group(1)) for out in outs]
+  assert stopped[0] == stopped[1] == checkpointing.manager(str(multi)).latest_step() < 2 * K, outs[0][-2000:]
+  # ... the same command again finishes == 1 process x 4 devices, uninterrupted
+  out = launch(multi, tfds_dir, 2 * K, compile_cache, processes=2)
+  assert f'Resuming from the checkpoint at step {stopped[0]}' in out
+  assert_same_training(params_at(tfds_dir, multi, K), ref_k, update)
+  assert_same_training(params_at(tfds_dir, multi, 2 * K), ref_2k, update)
+  # a multi-host checkpoint resumes in a single-host run ...
+  from_multi = tmp_path / 'from_multi'
+  shutil.copytree(multi / 'checkpoints' / str(K), from_multi / 'checkpoints' / str(K))
+  out = launch(from_multi, tfds_dir, 2 * K, compile_cache)
+  assert f'Resuming from the checkpoint at step {K}' in out
+  assert_same_training(params_at(tfds_dir, from_multi, 2 * K), ref_2k, update)
+  # ... and a single-host checkpoint in a multi-host run
+  single = tmp_path / 'single'
+  shutil.copytree(reference / 'checkpoints' / str(K), single / 'checkpoints' / str(K))
+  launch(single, tfds_dir, 2 * K, compile_cache, processes=2)
+  assert_same_training(params_at(tfds_dir, single, 2 * K), ref_2k, update)
+
+
+def test_nonfinite_gradients_with_a_finite_loss_are_caught_at_their_step_and_never_saved(tfds_dir, tmp_path,
+                                                                                        monkeypatch):
+  config = digits_config(tfds_dir, batch_size=16, num_train_steps=4, checkpoint_every_steps=2,
+                         log_every_steps=100, eval_every_epochs=100)
+  batches, _ = pipeline.train_batches(config)
+  labels = [next(batches)['label'] for _ in range(4)]
+  bad = 4  # a save step, read at no log step before it: a check of the mean loss would save NaN parameters
+  assert not any(np.array_equal(labels[bad - 1], other) for other in labels[:bad - 1])
+
+  @jax.custom_vjp
+  def nan_gradient(logits, poison):  # the identity, whose gradient is NaN where `poison` is 1 (a bf16 overflow)
+    return logits
+  nan_gradient.defvjp(lambda x, p: (x, p), lambda p, g: (jnp.where(p > 0, jnp.nan, g), jnp.zeros_like(p)))
+  cross_entropy = steps.cross_entropy
+  monkeypatch.setattr(steps, 'cross_entropy', lambda logits, y: cross_entropy(
+      nan_gradient(logits, jnp.all(y == labels[bad - 1]).astype(jnp.float32)), y))
+  with pytest.raises(FloatingPointError, match=rf'non-finite loss, gradients or parameters at step {bad} ') as e:
     loop.train_and_evaluate(config, str(tmp_path))
-  good = checkpointing.manager(str(tmp_path)).latest_step()
-  assert f'last good checkpoint (step {good})' in str(e.value)
-  if good is not None:
-    params = params_at(tfds_dir, tmp_path, good)
-    assert all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params))
+  assert 'last good checkpoint (step 2)' in str(e.value)
+  assert checkpointing.manager(str(tmp_path)).all_steps() == [2]
+  assert all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params_at(tfds_dir, tmp_path, 2)))
+
+
+def test_sigterm_at_the_last_step_never_returns_a_stale_eval_and_resume_draws_one_curve(tfds_dir, tmp_path,
+                                                                                        monkeypatch):
+  config = digits_config(tfds_dir, batch_size=16, num_train_steps=6, checkpoint_every_steps=4, log_every_steps=1,
+                         eval_every_epochs=0.04, profile_steps=(5, 6))  # 89 steps per epoch: evals at 3 and 6
+  train_batches = pipeline.train_batches
+
+  def sigterm_with_the_last_batch(config, start_step=0, *args):
+    batches, steps_per_epoch = train_batches(config, start_step, *args)
+    def send():
+      for step, batch in enumerate(batches, start_step + 1):
+        if step == 6:
+          os.kill(os.getpid(), signal.SIGTERM)
+        yield batch
+    return send(), steps_per_epoch
+  monkeypatch.setattr(pipeline, 'train_batches', sigterm_with_the_last_batch)
+  # when each step's metrics are read: after the next step is dispatched, except at save and eval steps
+  dispatched, read_at = [], {}
+  jit_steps, log_train_metrics = steps.jit_steps, loop.log_train_metrics
+  def counting_jit_steps(*args, **kwargs):
+    init, train = jit_steps(*args, **kwargs)
+    return init, lambda *a: dispatched.append(1) or train(*a)
+  def recording_log(writer, progress, step, *args):
+    read_at[step] = len(dispatched)
+    log_train_metrics(writer, progress, step, *args)
+  monkeypatch.setattr(steps, 'jit_steps', counting_jit_steps)
+  monkeypatch.setattr(loop, 'log_train_metrics', recording_log)
+  with pytest.raises(loop.Preempted, match='step 6/6'):  # not the eval of step 3 as the final result
+    loop.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.undo()
+  assert read_at == {1: 2, 2: 3, 3: 3, 4: 4, 5: 6, 6: 6}  # 3: eval, 4: save, 6: save (preempted)
+  # a crash before the save at step 6 committed: steps 5 and 6 are redone from step 4
+  shutil.rmtree(tmp_path / 'checkpoints' / '6')
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  final = evaluation.evaluate_checkpoint(config, str(tmp_path))
+  assert final['checkpoint_step'] == 6 and results['loss'] == pytest.approx(final['loss'], rel=1e-6)
+  # TensorBoard: one point per step, the redone ones replacing the orphans
+  for split, expected in (('train', [1, 2, 3, 4, 5, 6]), ('eval', [3, 6])):
+    events = [tf.compat.v1.Event.FromString(r) for f in sorted(glob.glob(str(tmp_path / 'tensorboard' / split / '*')))
+              for r in tf.data.TFRecordDataset(f).as_numpy_iterator()]
+    assert [e.step for e in events if any(v.tag == 'loss' for v in e.summary.value)] == expected
+  # each run traced steps 5..6: the traces hold the train step's events
+  traces = glob.glob(str(tmp_path / 'profile' / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
+  assert len(traces) == 2
+  for trace in traces:
+    space = xplane_pb2.XSpace.FromString(open(trace, 'rb').read())
+    names = {m.name for plane in space.planes for m in plane.event_metadata.values()}
+    n_events = sum(len(line.events) for plane in space.planes for line in plane.lines)
+    assert n_events > 0 and any('train_step' in n for n in names), sorted(names)[:50]
 
 
 def test_skip_nonfinite_leaves_the_state_unchanged(tfds_dir):

@@ -7,14 +7,16 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from conftest import REPO, config_path, digits_config
+from conftest import REPO, config_path, digits_config, small_net
 from zfnet_jax import config_lib
 from zfnet_jax.data import augment, pipeline, preprocess
 from zfnet_jax.model import network
-from zfnet_jax.training import checkpointing, evaluation, loop, optim, steps
+from zfnet_jax.training import checkpointing, evaluation, loop, metric_writer, optim, steps
 
 
 def make_steps(config, devices=None, steps_per_epoch=10, inputs=None):
@@ -66,13 +68,48 @@ def test_checkpoint_save_restore_is_identical_and_checks_architecture(tfds_dir, 
   mngr = checkpointing.manager(str(tmp_path))
   checkpointing.save(mngr, 1, state, model.arch)
   mngr.wait_until_finished()
-  restored = checkpointing.restore(mngr, 1, init(jax.random.key(1)), model.arch)
+  restored = checkpointing.restore(mngr, 1, jax.eval_shape(init, jax.random.key(1)), model.arch)
   leaves = jax.tree_util.tree_leaves_with_path(state)
   assert len(leaves) == len(jax.tree_util.tree_leaves(restored)) > 10
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), state, restored)
   other = digits_config(tfds_dir, model__fc_features=(128, 128))
   with pytest.raises(checkpointing.ArchitectureMismatchError, match=r'fcs: checkpoint \[\[6, 256\], \[7, 256\]\]'):
     checkpointing.load_params(other, str(tmp_path))
+
+
+def test_topk_counts_no_tie_for_the_label_and_bf16_logits_are_float32():
+  logits = np.array([[3., 1., 1., 1.], [0., 0., 0., 0.], [1., 2., 0., 0.]], np.float32)
+  labels = np.array([1, 2, 0])
+  # independent: the label is in the top k if fewer than k other classes have a logit >= its own
+  for k in (1, 2, 3, 4):
+    expected = [float(np.sum(np.delete(row, y) >= row[y]) < k) for row, y in zip(logits, labels)]
+    assert steps.topk_correct(jnp.asarray(logits), jnp.asarray(labels), k).tolist() == expected
+  assert steps.topk_correct(jnp.asarray(logits), jnp.asarray(labels), 1).tolist() == [0, 0, 0]
+  # a bf16 network computes fc8, and so the logits and the loss, in float32
+  model, params = small_net('floor', dtype='bfloat16')
+  images = np.random.default_rng(0).normal(size=(4, 99, 99, 1)).astype(np.float32)
+  out = model.apply({'params': params}, images)
+  assert out.dtype == jnp.float32
+  assert np.any(np.asarray(out) != np.asarray(out.astype(jnp.bfloat16).astype(jnp.float32)))
+  assert steps.cross_entropy(out.astype(jnp.bfloat16), jnp.zeros(4, jnp.int32)).dtype == jnp.float32
+
+
+def test_workdir_files_go_through_tf_file_systems(tmp_path):
+  # TensorFlow's in-memory file system stands in for gs://: not a local path, same code
+  workdir = f'ram://{tmp_path}/run'
+  loop.check_workdir(workdir)
+  writer = metric_writer.MetricWriter(workdir)
+  for step in range(1, 6):
+    writer.write(step, 'train', {'loss': float(step)})
+  writer.drop_after(3)
+  with tf.io.gfile.GFile(f'{workdir}/metrics.jsonl') as f:
+    assert [json.loads(line)['step'] for line in f] == [1, 2, 3]
+  [events] = tf.io.gfile.glob(f'{workdir}/tensorboard/train/*tfevents*')
+  steps_logged = [tf.compat.v1.Event.FromString(r).step for r in tf.data.TFRecordDataset(events).as_numpy_iterator()]
+  assert steps_logged[1:] == [1, 2, 3]  # after the file-version record
+  assert not os.path.exists('ram:')  # nothing went to a local directory named after the scheme
+  assert checkpointing.directory('gs://bucket/run/') == 'gs://bucket/run/checkpoints'
+  assert checkpointing.directory('run') == os.path.join(os.getcwd(), 'run', 'checkpoints')
 
 
 def test_evaluation_counts_every_example_exactly_once(tfds_dir):

@@ -82,10 +82,12 @@ def base() -> ml_collections.ConfigDict:
   c.seed = 0
   c.dtype = 'float32'  # compute dtype; 'bfloat16' on TPU/GPU (parameters stay float32)
   c.log_every_steps = 50
-  c.eval_every_epochs = 1
+  c.eval_every_epochs = 1.0  # a fraction evaluates several times an epoch
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
-  c.skip_nonfinite_steps = False  # False: stop on a non-finite loss; True: skip such batches and go on
+  c.skip_nonfinite_steps = False  # False: stop on a non-finite loss/gradient/parameter; True: skip such batches
+  c.profile_steps = (0, 0)  # (first, last): trace train steps first..last (1-based) with jax.profiler into
+  #                           WORKDIR/profile (TensorBoard's profile tab, Perfetto); (0, 0): off
   return c
 
 

@@ -12,6 +12,7 @@ import os
 
 from zfnet_jax import config_lib
 from zfnet_jax.experiments import sweep
+from zfnet_jax.training import loop
 
 
 def main(argv: list[str]) -> None:
@@ -28,6 +29,8 @@ def main(argv: list[str]) -> None:
     rows = sweep.run(config_path, FLAGS.workdir, seeds, FLAGS.variants.split(',') if FLAGS.variants else None, overrides)
   except sweep.SweepConfigError as e:
     raise SystemExit(f'error: {e}') from None
+  except loop.Preempted:  # the finished runs' results are written; the same command resumes
+    raise SystemExit(loop.PREEMPTED_EXIT_STATUS) from None
   for t in sweep.summary(rows):
     print(f'{t["variant"]:>16}: eval top-1 {100 * t["eval_top1_mean"]:.2f} +- {100 * t["eval_top1_std"]:.2f} %, '
           f'train top-1 {100 * t["train_top1_mean"]:.2f} %, {t["params"]:,} params ({t["seeds"]} seed(s))')

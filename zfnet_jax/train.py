@@ -4,6 +4,9 @@ Overrides: `--config.batch_size=256`, `--config.model.fc_features=2048,2048`. Re
 command on the same workdir resumes from the latest checkpoint. Many hosts: run the same command on
 every host with `--distributed` (TPU VMs, SLURM: auto-detected), or give `--coordinator_address`,
 `--num_processes` and `--process_id` explicitly.
+
+Exit status: 0 when training finished; 75 (EX_TEMPFAIL, `loop.PREEMPTED_EXIT_STATUS`) on every process
+when a preemption notice (SIGTERM) stopped the run after a checkpoint: run the same command again.
 """
 from __future__ import annotations
 
@@ -24,7 +27,11 @@ def main(argv: list[str]) -> None:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   elif FLAGS.distributed:
     jax.distributed.initialize()
-  loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except loop.Preempted as e:
+    print(e, flush=True)
+    raise SystemExit(loop.PREEMPTED_EXIT_STATUS) from None
 
 
 def _define_flags() -> None:

@@ -22,6 +22,7 @@ import os
 
 from zfnet_jax import config_lib
 from zfnet_jax.experiments import transfer
+from zfnet_jax.training import loop
 
 
 def main(argv: list[str]) -> None:
@@ -34,8 +35,11 @@ def main(argv: list[str]) -> None:
   source = FLAGS.config
   target = transfer.target_config(source, FLAGS.target, ints(FLAGS.target_classes), FLAGS.target_data_dir)
   protocol = transfer.Protocol(FLAGS.per_class, FLAGS.folds, FLAGS.test_cap or None, FLAGS.seed)
-  transfer.run(source, FLAGS.workdir, target, FLAGS.target_splits.split(','), protocol, ints(FLAGS.layers),
-      FLAGS.classifiers.split(','), FLAGS.scratch_steps, FLAGS.out, FLAGS.C)
+  try:
+    transfer.run(source, FLAGS.workdir, target, FLAGS.target_splits.split(','), protocol, ints(FLAGS.layers),
+        FLAGS.classifiers.split(','), FLAGS.scratch_steps, FLAGS.out, FLAGS.C)
+  except loop.Preempted:  # a scratch run was preempted after a checkpoint: the same command resumes it
+    raise SystemExit(loop.PREEMPTED_EXIT_STATUS) from None
   print(f'-> {os.path.join(FLAGS.out, "results.csv")}, results.json, results.png')
 
 

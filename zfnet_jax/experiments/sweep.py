@@ -85,8 +85,8 @@ def read_result(run_dir: str, config: ml_collections.ConfigDict) -> dict[str, An
   return saved['row']
 
 
-def run_one(config: ml_collections.ConfigDict, run_dir: str, variant: str) -> dict[str, Any] | None:
-  """Trains (or resumes, or reuses) one run; returns its row, or None if SIGTERM stopped it early."""
+def run_one(config: ml_collections.ConfigDict, run_dir: str, variant: str) -> dict[str, Any]:
+  """Trains (or resumes, or reuses) one run and returns its row; `loop.Preempted` if SIGTERM stopped it."""
   row = read_result(run_dir, config)
   if row is not None:
     metric_writer.log(f'{variant} seed {config.seed}: finished before, reusing {run_dir}')
@@ -94,8 +94,6 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str, variant: str) -> di
   metric_writer.log(f'{variant} seed {config.seed}: training in {run_dir}')
   start = time.perf_counter()
   final = loop.train_and_evaluate(config, run_dir)
-  if not final:
-    return None
   train_metrics, num_params, step = split_metrics(config, run_dir, config.dataset.train_split)
   row = {'variant': variant, 'seed': int(config.seed), 'train_top1': train_metrics['top1'],
          'eval_top1': final['top1'], 'eval_top5': final['top5'], 'eval_loss': final['loss'], 'params': num_params,
@@ -124,14 +122,15 @@ def run(config_path: str, workdir: str, seeds: Sequence[int] = (0,), variants: S
     raise SweepConfigError(f'unknown variant(s) {unknown} in {config_path}; it has: {", ".join(all_variants)}')
   configs = {(n, s): run_config(config_path, overrides or {}, all_variants[n], s) for n in names for s in seeds}
   rows = []
-  for (name, seed), config in configs.items():
-    row = run_one(config, os.path.join(workdir, name, f'seed_{seed}'), name)
-    if row is None:
-      metric_writer.log('Stopped by SIGTERM; run the same command again to finish the sweep.')
-      break
-    rows.append(row)
-  if jax.process_index() == 0 and rows:
-    write_results(rows, workdir)
+  try:
+    for (name, seed), config in configs.items():
+      rows.append(run_one(config, os.path.join(workdir, name, f'seed_{seed}'), name))
+  except loop.Preempted:
+    metric_writer.log('Stopped by SIGTERM; run the same command again to finish the sweep.')
+    raise
+  finally:  # the finished runs' rows, also when preempted
+    if jax.process_index() == 0 and rows:
+      write_results(rows, workdir)
   return rows
 
 

@@ -217,7 +217,7 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, record: bool = False) -> jax.Array:
-    """`[B, H, W, in_channels]` images -> `[B, num_classes]` logits."""
+    """`[B, H, W, in_channels]` images -> `[B, num_classes]` float32 logits (fc8 runs in float32)."""
     a = self.arch
     init = KERNEL_INITS[self.kernel_init]
     cast = lambda p: jax.tree_util.tree_map(lambda v: v.astype(self.dtype), p)  # noqa: E731
@@ -237,7 +237,8 @@ class ConvNet(nn.Module):
     for n, features in a.fcs:
       params[f'fc{n}'] = cast(_Weights((width, features), init, name=f'fc{n}')())
       width = features
-    params['fc8'] = cast(_Weights((width, a.num_classes), init, name='fc8')())
+    # the classifier in float32 whatever the compute dtype: bf16 logits tie and round the loss
+    params['fc8'] = _Weights((width, a.num_classes), init, name='fc8')()
 
     def hidden(n: int, h: jax.Array) -> jax.Array:
       self.sow('intermediates', f'layer{n}', h)

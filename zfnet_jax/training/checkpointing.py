@@ -22,8 +22,16 @@ class ArchitectureMismatchError(ValueError):
   """The checkpoint was written by a network with a different architecture than the config's."""
 
 
+def directory(workdir: str) -> str:
+  """`WORKDIR/checkpoints`, absolute: Orbax takes `gs://...` as it is and wants local paths absolute."""
+  if '://' not in workdir:
+    workdir = os.path.abspath(workdir)
+  return workdir.rstrip('/') + '/checkpoints'
+
+
 def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
-  path = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  """The checkpoint manager of `workdir` (a local or `gs://` path), keeping the last `keep` steps."""
+  path = directory(workdir)
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
   handlers = {'state': ocp.StandardCheckpointHandler(), 'architecture': ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
@@ -54,7 +62,11 @@ def check_architecture(mngr: ocp.CheckpointManager, step: int, arch: network.Arc
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, arch: network.Architecture) -> Any:
-  """Restores the train state saved at `step` into the shapes and shardings of `abstract_state`."""
+  """Restores the train state saved at `step` into the shapes and shardings of `abstract_state`.
+
+  `abstract_state` is a tree of `jax.ShapeDtypeStruct`s with shardings, e.g. `jax.eval_shape` of the
+  jitted init: nothing is initialised only to be overwritten.
+  """
   check_architecture(mngr, step, arch)
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
   return restored['state']
@@ -64,7 +76,8 @@ def load_params(config: ml_collections.ConfigDict, workdir: str,
                 step: int | None = None) -> tuple[network.ConvNet, Any, int]:
   """`(model, params, step)` from `WORKDIR/checkpoints` (latest step by default), for analysis tools.
 
-  Params come back on this process's first device, whatever devices and hosts saved them.
+  Params come back on this process's first device, whatever devices and hosts saved them; the
+  optimiser state and step are not read.
   """
   model = network.create_model(config)
   mngr = manager(workdir)
@@ -74,8 +87,10 @@ def load_params(config: ml_collections.ConfigDict, workdir: str,
                             f'  python -m zfnet_jax.train --config CONFIG --workdir {workdir}')
   check_architecture(mngr, step, model.arch)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  saved = mngr.item_metadata(step)['state']
-  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
-  params = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']['params']
+  saved = mngr.item_metadata(step)['state']['params']
+  target = {'params': jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)}
+  with ocp.PyTreeCheckpointer() as reader:  # reads the `params` subtree of the state alone
+    params = reader.restore(mngr.directory / str(step) / 'state', args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))['params']
   mngr.close()
   return model, params, step

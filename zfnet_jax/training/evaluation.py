@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
+import tensorflow as tf
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from zfnet_jax.data import augment, pipeline, sources, squares
 from zfnet_jax.model import network
-from zfnet_jax.training import checkpointing, steps
+from zfnet_jax.training import checkpointing, metric_writer, steps
 
 CROP_MODES = (1, 10)
 
@@ -43,8 +42,8 @@ def crops(squares: jax.Array, size: int, num_crops: int) -> jax.Array:
 
 
 def mean_log_probs(params: Any, squares: jax.Array, *, model: network.ConvNet, num_crops: int) -> jax.Array:
-  """`[B, R, R, C]` images -> `[B, K]` log of the softmax averaged over each image's crops."""
-  forward = lambda x: jax.nn.log_softmax(model.apply({'params': params}, x))  # noqa: E731
+  """`[B, R, R, C]` images -> `[B, K]` float32 log of the softmax averaged over each image's crops."""
+  forward = lambda x: jax.nn.log_softmax(model.apply({'params': params}, x).astype(jnp.float32))  # noqa: E731
   log_probs = jax.lax.map(forward, crops(squares, model.arch.image_size, num_crops))  # one crop at a time
   return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(num_crops)
 
@@ -85,7 +84,7 @@ def evaluate(eval_fn: Callable, params: Any, config: ml_collections.ConfigDict, 
     if one_step_in_flight:
       jax.block_until_ready(out)
     sums = out if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, out)
-  sums = jax.tree_util.tree_map(lambda x: float(np.asarray(x)), sums)
+  sums = {k: float(v) for k, v in jax.device_get(sums).items()}  # the one read from the device
   if int(sums['count']) != num_examples:
     raise RuntimeError(f'evaluation counted {int(sums["count"])} examples, the split has {num_examples}')
   count = sums.pop('count')
@@ -111,6 +110,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_cro
   record = {**{k: results[k] for k in ('top1', 'top5', 'loss')}, 'num_examples': int(results['num_examples']),
             'crops': num_crops, 'checkpoint_step': step, 'dataset': config.dataset.name, 'split': split}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+    with tf.io.gfile.GFile(metric_writer.join(workdir, 'eval.json'), 'w') as f:
       json.dump(record, f, indent=2)
   return record

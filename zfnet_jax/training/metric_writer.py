@@ -1,8 +1,11 @@
-"""Where metrics go: `WORKDIR/metrics.jsonl`, TensorBoard event files, and a console line with ETA."""
+"""Where metrics go: `WORKDIR/metrics.jsonl`, TensorBoard event files, a console line with ETA, profiler traces.
+
+Every file goes through `tf.io.gfile`, so the workdir may be any path TensorFlow's file systems take:
+local, `gs://`, ...
+"""
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
@@ -15,6 +18,11 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def join(directory: str, *names: str) -> str:
+  """`directory/name/...` for local and `scheme://` paths alike (`os.path` would mangle neither, but is local)."""
+  return '/'.join([directory.rstrip('/'), *names])
+
+
 class MetricWriter:
   """Appends `{'step', 'split', metric...}` records to `metrics.jsonl` and TensorBoard (`WORKDIR/tensorboard`).
 
@@ -23,33 +31,69 @@ class MetricWriter:
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = join(workdir, 'metrics.jsonl')
     self._tb = {}
-    self._tb_dir = os.path.join(workdir, 'tensorboard')
+    self._tb_dir = join(workdir, 'tensorboard')
 
   def drop_after(self, step: int) -> None:
-    """Forgets records past `step`: those of a run that died after its last checkpoint, now redone."""
-    if not self.enabled or not os.path.exists(self.path):
+    """Forgets records past `step`, those of a run that died after its last checkpoint and are now redone:
+    in `metrics.jsonl` and in every TensorBoard event file, so that a resumed run draws one curve."""
+    if not self.enabled:
       return
-    with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
+    # each file is rewritten to a temporary one and renamed over it: a crash leaves the old or the new
+    if tf.io.gfile.exists(self.path):
+      with tf.io.gfile.GFile(self.path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+      with tf.io.gfile.GFile(self.path + '.tmp', 'w') as f:
+        f.write(''.join(kept))
+      tf.io.gfile.rename(self.path + '.tmp', self.path, overwrite=True)
+    for events_file in tf.io.gfile.glob(join(self._tb_dir, '*', '*tfevents*')):
+      records = tf.data.TFRecordDataset(events_file).as_numpy_iterator()
+      with tf.io.TFRecordWriter(events_file + '.tmp') as f:
+        for r in records:
+          if tf.compat.v1.Event.FromString(r).step <= step:
+            f.write(r)
+      tf.io.gfile.rename(events_file + '.tmp', events_file, overwrite=True)
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
     record = {'step': int(step), 'split': split, **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, 'a') as f:
+    with tf.io.gfile.GFile(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
     if split not in self._tb:
-      self._tb[split] = tf.summary.create_file_writer(os.path.join(self._tb_dir, split))
+      self._tb[split] = tf.summary.create_file_writer(join(self._tb_dir, split))
     with self._tb[split].as_default():
       for k, v in metrics.items():
         tf.summary.scalar(k, float(v), step=int(step))
     self._tb[split].flush()
+
+
+class ProfileWindow:
+  """Traces train steps `first..last` (1-based) with `jax.profiler` into `WORKDIR/profile`; `(0, 0)`: off."""
+
+  def __init__(self, workdir: str, first: int, last: int):
+    if (first, last) != (0, 0) and not 1 <= first <= last:
+      raise ValueError(f'config.profile_steps=({first}, {last}) must be (0, 0) (off) or (first, last) with '
+                       f'1 <= first <= last, e.g. --config.profile_steps=10,15')
+    self._dir, self._first, self._last, self._active = join(workdir, 'profile'), first, last, False
+
+  def before_step(self, step: int) -> None:
+    """Called with the number of steps done before dispatching the next one."""
+    if self._first and step + 1 == self._first:
+      jax.profiler.start_trace(self._dir)
+      self._active = True
+
+  def after_step(self, step: int, state) -> None:
+    """Called with the number of steps done; waits for `state` before stopping, so the trace holds the steps."""
+    if self._active and step == self._last:
+      jax.block_until_ready(state)
+      self.close()
+
+  def close(self) -> None:
+    if self._active:
+      jax.profiler.stop_trace()
+      self._active = False
 
 
 def format_duration(seconds: float) -> str:

@@ -57,23 +57,61 @@ def make_mesh(devices: list | None = None) -> Mesh:
   return Mesh(np.asarray(devices if devices is not None else jax.devices()), ('data',))
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+  """The sharding of parameters, optimiser state and metrics: a full copy on every device of `mesh`."""
+  return NamedSharding(mesh, P())
+
+
+def device_key(seed: int, mesh: Mesh) -> jax.Array:
+  """`jax.random.key(seed)` made on the devices of `mesh` (replicated): no host-to-device transfer."""
+  return jax.jit(jax.random.key, static_argnums=0, out_shardings=replicated(mesh))(seed)
+
+
 def global_batch(mesh: Mesh, host_batch: dict[str, np.ndarray]) -> Batch:
-  """Assembles the hosts' local batches into global arrays sharded over the `data` axis."""
+  """Assembles the hosts' local batches into global arrays sharded over the `data` axis.
+
+  Each local device gets its rows by an explicit `jax.device_put` (what `JAX_TRANSFER_GUARD=disallow`
+  allows; `jax.make_array_from_process_local_data` counts as implicit there). This process's devices
+  hold a contiguous block of the global batch, as on a `make_mesh` mesh.
+  """
   sharding = NamedSharding(mesh, P('data'))
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}
+  out = {}
+  for k, v in host_batch.items():
+    shape = (v.shape[0] * jax.process_count(), *v.shape[1:])
+    rows = {d: (idx[0].start or 0, idx[0].stop or shape[0]) for d, idx in
+            sharding.addressable_devices_indices_map(shape).items()}
+    first = min(start for start, _ in rows.values())
+    if max(stop for _, stop in rows.values()) - first != v.shape[0]:
+      raise ValueError(f'the {v.shape[0]} local rows of `{k}` do not match this process\'s devices on the mesh')
+    shards = [jax.device_put(v[start - first:stop - first], d) for d, (start, stop) in rows.items()]
+    out[k] = jax.make_array_from_single_device_arrays(shape, sharding, shards)
+  return out
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """`[B, K]` logits, `[B]` int labels -> `[B]` losses."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  """`[B, K]` logits, `[B]` int labels -> `[B]` float32 losses (computed in float32 whatever the logits)."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """`[B]` 1.0 where the label is among the `k` highest logits."""
+  """`[B]` 1.0 where the label is among the `k` highest logits, compared in float32.
+
+  A tie does not count for the label: its rank is the number of other classes whose logit is at least
+  the label's, so a network that outputs the same logit for every class scores 0, not 1.
+  """
+  logits = logits.astype(jnp.float32)
   k = min(k, logits.shape[-1])
   label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-  # rank = number of classes strictly above the label; ties count in the label's favour
-  return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
+  rank = jnp.sum(logits >= label_logit, axis=-1) - 1  # minus the label itself
+  return (rank < k).astype(jnp.float32)
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """A scalar bool: every element of every leaf of `tree` is finite."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+NO_BAD_STEP = np.iinfo(np.int32).max  # `first_nonfinite_step` of a stretch of steps that were all finite
 
 
 def train_step(state: TrainState, batch: Batch, *, model: network.ConvNet, tx: optax.GradientTransformation,
@@ -82,8 +120,11 @@ def train_step(state: TrainState, batch: Batch, *, model: network.ConvNet, tx: o
   """One SGD step on `batch` (`image` uint8 squares `[B, R, R, C]`, `label` `[B]`); returns metrics as batch
   means. `inputs(images, step)` turns the squares into network inputs (`augment.train_inputs_fn`).
 
-  With `skip_nonfinite`, a batch whose loss or gradients are not finite leaves the parameters and
-  optimiser state as they were (the step still counts); its metrics are zero and `skipped` is 1.
+  `first_nonfinite_step` is this step's number (1-based, as `state.step` after it) if its loss,
+  gradients or updated parameters are not finite, else `NO_BAD_STEP`: a flag computed on the device,
+  for the loop to combine with `accumulate` and read at its next log step.
+  With `skip_nonfinite`, such a step leaves the parameters and optimiser state as they were (the step
+  still counts and is not flagged); its metrics are zero and `skipped` is 1.
   """
   rng = jax.random.fold_in(dropout_key, state.step)
   images = inputs(batch['image'], state.step)  # crops, flips, normalisation on the device
@@ -99,13 +140,23 @@ def train_step(state: TrainState, batch: Batch, *, model: network.ConvNet, tx: o
     params = optim.renormalize_filters(params, filter_rms_radius)
   metrics = {'loss': loss, 'top1': jnp.mean(topk_correct(logits, batch['label'], 1)),
              'top5': jnp.mean(topk_correct(logits, batch['label'], 5))}
+  finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(params)
   if skip_nonfinite:
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
-    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
     metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
+    finite = jnp.asarray(True)
+  metrics['first_nonfinite_step'] = jnp.where(finite, NO_BAD_STEP, state.step + 1).astype(jnp.int32)
   return TrainState(state.step + 1, params, opt_state), metrics
+
+
+@jax.jit
+def accumulate(sums: dict[str, jax.Array] | None, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Running totals of `train_step` metrics on the device: sums, and the earliest `first_nonfinite_step`."""
+  if sums is None:
+    return metrics
+  return {k: jnp.minimum(sums[k], v) if k == 'first_nonfinite_step' else sums[k] + v for k, v in metrics.items()}
 
 
 def create_state(model: network.ConvNet, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
@@ -122,12 +173,13 @@ def jit_steps(mesh: Mesh, model: network.ConvNet, tx: optax.GradientTransformati
   `init(rng) -> state` (replicated); `train(state, batch) -> (state, metrics)`. The eval step is
   `evaluation.jit_eval_step`.
   """
-  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  copies, data = replicated(mesh), NamedSharding(mesh, P('data'))
   options = compiler_options(mesh)
-  init = jax.jit(functools.partial(create_state, model, tx), out_shardings=replicated)
+  init = jax.jit(functools.partial(create_state, model, tx), in_shardings=copies, out_shardings=copies)
+  dropout_key = device_key(seed, mesh)
   train = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, dropout_key=jax.random.key(seed),
+      functools.partial(train_step, model=model, tx=tx, dropout_key=dropout_key,
                         filter_rms_radius=filter_rms_radius, inputs=inputs, skip_nonfinite=skip_nonfinite),
-      in_shardings=(replicated, data), out_shardings=(replicated, replicated), donate_argnums=0,
+      in_shardings=(copies, data), out_shardings=(copies, copies), donate_argnums=0,
       compiler_options=options)
   return init, train
