@@ -23,18 +23,20 @@ def to_display(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndar
   per-channel average is added back: exact up to the mean image's spatial variation.
   """
   channels = images.shape[-1]
-  mean = np.asarray(preprocess.IMAGENET_MEAN if channels == 3 else [np.mean(preprocess.IMAGENET_MEAN)])
-  std = np.asarray(preprocess.IMAGENET_STD if channels == 3 else [np.mean(preprocess.IMAGENET_STD)])
+  mean = np.asarray(preprocess.IMAGENET_MEAN if channels == 3 else [np.mean(preprocess.IMAGENET_MEAN)], np.float32)
+  std = np.asarray(preprocess.IMAGENET_STD if channels == 3 else [np.mean(preprocess.IMAGENET_STD)], np.float32)
   if config.input.normalization == 'pixel_mean':
-    mean = squares.pixel_mean(config).mean(axis=(0, 1))
+    mean = squares.pixel_mean(config).mean(axis=(0, 1), dtype=np.float32)
+  images = np.asarray(images, np.float32)  # float32 throughout: these arrays can be large (report sprites)
   pixels = images * std + mean if config.input.normalization == 'mean_std' else images + mean
-  return _rgb(np.clip(pixels / 255.0, 0.0, 1.0))
+  return _rgb(np.clip(pixels * np.float32(1 / 255), 0.0, 1.0))
 
 
 def reconstruction_display(recon: np.ndarray) -> np.ndarray:
   """Reconstructions `[..., H, W, C]` to RGB in [0, 1], each scaled on its own: grey is zero."""
+  recon = np.asarray(recon, np.float32)
   scale = np.abs(recon).max(axis=(-3, -2, -1), keepdims=True)
-  return _rgb(0.5 + recon / (2 * np.where(scale > 0, scale, 1.0)))
+  return _rgb(np.float32(0.5) + recon / (2 * np.where(scale > 0, scale, np.float32(1.0))))
 
 
 def _rgb(x: np.ndarray) -> np.ndarray:
