@@ -104,7 +104,8 @@ def _unknown_field(keys: list[str], config: ml_collections.ConfigDict) -> Config
         known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
         close = difflib.get_close_matches(part, known, n=3)
         prefix = 'config.' + '.'.join(parts[:depth] + [''])
-        hint = f'did you mean {" or ".join(prefix + c for c in close)}?' if close else f'the fields there are: {", ".join(known)}.'
+        hint = (f'did you mean {" or ".join(prefix + c for c in close)}?' if close
+                else f'the fields there are: {", ".join(known)}.')
         return ConfigFieldError(f'unknown config field config.{key}: {hint} Every field is listed, with its default, '
                                 f'in zfnet_jax/config_lib.py (base); config files only change values.')
       node = node[part]
@@ -126,7 +127,8 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     return flag_values(argv)
   except (AttributeError, KeyError):  # ml_collections found a field the config lacks
     keys = [a[len('--config.'):].split('=')[0] for a in argv if a.startswith('--config.')]
-    path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None) or argv[argv.index('--config') + 1]
+    path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+    path = path or argv[argv.index('--config') + 1]
     config = from_args(path, [])
     raise SystemExit(f'error: {_unknown_field(keys, config)}') from None
 

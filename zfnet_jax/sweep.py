@@ -26,7 +26,8 @@ def main(argv: list[str]) -> None:
   overrides = config_flags.get_override_values(FLAGS['config'])
   seeds = [int(s) for s in FLAGS.seeds.split(',')]
   try:
-    rows = sweep.run(config_path, FLAGS.workdir, seeds, FLAGS.variants.split(',') if FLAGS.variants else None, overrides)
+    variants = FLAGS.variants.split(',') if FLAGS.variants else None
+    rows = sweep.run(config_path, FLAGS.workdir, seeds, variants, overrides)
   except sweep.SweepConfigError as e:
     raise SystemExit(f'error: {e}') from None
   except loop.Preempted:  # the finished runs' results are written; the same command resumes

@@ -2,11 +2,12 @@
 
 A sweep config is an ordinary config file (`get_config()`) that also has `get_variants()`, returning
 `{name: {dotted field: value}}`, e.g. `{'zfnet': {}, 'fc_128': {'model.fc_features': (128, 128)}}`.
-Sweep-wide overrides change every variant. Each run trains in `WORKDIR/VARIANT/seed_N` through `loop.train_and_evaluate` and, when it is done,
-writes its row to `result.json` there. Re-running skips runs whose `result.json` was written by the
-same config (their checkpoints and metrics are reused) and resumes unfinished ones from their last
-checkpoint, so a sweep survives interruption. `WORKDIR` gets `results.csv` / `results.json` (one row per
-run), `summary.csv` (mean and standard deviation over seeds per variant) and `results.png`.
+Sweep-wide overrides change every variant. Each run trains in `WORKDIR/VARIANT/seed_N` through
+`loop.train_and_evaluate` and, when it is done, writes its row to `result.json` there. Re-running skips
+runs whose `result.json` was written by the same config (their checkpoints and metrics are reused) and
+resumes unfinished ones from their last checkpoint, so a sweep survives interruption. `WORKDIR` gets
+`results.csv` / `results.json` (one row per run), `summary.csv` (mean and standard deviation over seeds
+per variant) and `results.png`.
 
 A row: `variant`, `seed`, `train_top1` (accuracy over the whole train split with evaluation
 preprocessing: centre crop, no dropout), `eval_top1`, `eval_top5`, `eval_loss` (the eval split),

@@ -249,7 +249,7 @@ class ConvNet(nn.Module):
 class Forward(NamedTuple):
   """One forward pass (evaluation mode) with what the analyses read."""
   logits: jax.Array  # [B, num_classes] float32
-  layers: dict[str, jax.Array]  # 'layer1'.. conv layers [B, H, W, C] (after ReLU, pool, LRN); fc 'layer6', 'layer7' [B, F]
+  layers: dict[str, jax.Array]  # 'layer1'..: conv [B, H, W, C] (after ReLU, pool, LRN); fc 'layer6', 'layer7' [B, F]
   switches: dict[str, jax.Array]  # with record=True: 'pool{n}' int32 [B, Ho, Wo, C] max-pool switches; else {}
 
 
