@@ -29,7 +29,8 @@ def to_display(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndar
     mean = squares.pixel_mean(config).mean(axis=(0, 1), dtype=np.float32)
   images = np.asarray(images, np.float32)  # float32 throughout: these arrays can be large (report sprites)
   pixels = images * std + mean if config.input.normalization == 'mean_std' else images + mean
-  return _rgb(np.clip(pixels * np.float32(1 / 255), 0.0, 1.0))
+  pixels *= np.float32(1 / 255)  # in place: report sprites pass thousands of windows at once
+  return _rgb(np.clip(pixels, 0.0, 1.0, out=pixels))
 
 
 def reconstruction_display(recon: np.ndarray) -> np.ndarray:
