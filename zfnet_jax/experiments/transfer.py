@@ -261,15 +261,16 @@ def run(source: ml_collections.ConfigDict, workdir: str, target: ml_collections.
       rows.append({'layer': layer, 'classifier': classifier, **common, 'mean_per_class_accuracy':
                    float(np.mean(accuracies)), 'std': float(np.std(accuracies)),
                    'features': int(features[layer].shape[1]), 'fold_accuracies': accuracies})
-      metric_writer.log(f'layer {layer} {classifier}: {100 * rows[-1]["mean_per_class_accuracy"]:.1f} '
-                f'+- {100 * rows[-1]["std"]:.1f} % mean per-class accuracy ({rows[-1]["features"]} features)')
+      row = rows[-1]
+      metric_writer.log(f'layer {layer} {classifier}: {100 * row["mean_per_class_accuracy"]:.1f} +- '
+                        f'{100 * row["std"]:.1f} % mean per-class accuracy ({row["features"]} features)')
   if scratch_steps:
     accuracies = scratch_baseline(source, images, labels, folds, scratch_steps, out)
     rows.append({'layer': None, 'classifier': 'scratch', **common, 'mean_per_class_accuracy':
                  float(np.mean(accuracies)), 'std': float(np.std(accuracies)), 'features': None,
                  'fold_accuracies': accuracies})
     metric_writer.log(f'trained from scratch: {100 * rows[-1]["mean_per_class_accuracy"]:.1f} +- '
-              f'{100 * rows[-1]["std"]:.1f} %')
+                      f'{100 * rows[-1]["std"]:.1f} %')
   if out:
     os.makedirs(out, exist_ok=True)
     sweep.write_csv(rows, os.path.join(out, 'results.csv'), COLUMNS)

@@ -130,9 +130,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = latest
   else:
     state = init_fn(rng)
-    metric_writer.log(f'Training {network.count_params(state.params):,} parameters from scratch: {num_steps} steps '
-        f'({num_steps / steps_per_epoch:.3g} epochs of {steps_per_epoch}), global batch {config.batch_size} on '
-        f'{jax.device_count()} device(s), {n_proc} process(es). Logs: {workdir}')
+    metric_writer.log(f'Training {network.count_params(state.params):,} parameters from scratch: '
+                      f'{num_steps} steps ({num_steps / steps_per_epoch:.3g} epochs of {steps_per_epoch}), global '
+                      f'batch {config.batch_size} on {jax.device_count()} device(s), {n_proc} process(es). '
+                      f'Logs: {workdir}')
     step = 0
 
   def run_eval(step: int, record: bool) -> dict[str, float]:
@@ -140,7 +141,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if record:
       writer.write(step, 'eval', results)
     metric_writer.log(f'eval at step {step}: loss {results["loss"]:.4f} top1 {results["top1"]:.4f} '
-        f'top5 {results["top5"]:.4f} ({int(results["num_examples"])} examples)')
+                      f'top5 {results["top5"]:.4f} ({int(results["num_examples"])} examples)')
     return results
 
   if step >= num_steps:
@@ -225,5 +226,5 @@ def log_train_metrics(writer: metric_writer.MetricWriter, progress: metric_write
   writer.write(step, 'train', means)
   images_per_s, eta = progress.report(step)
   metric_writer.log(f'step {step}/{num_steps} (epoch {step / steps_per_epoch:.1f}) loss {means["loss"]:.4f} '
-      f'top1 {means["top1"]:.3f} | {images_per_s:,.0f} img/s | {eta}'
-      + (f' | {int(skipped)} non-finite batch(es) skipped' if skipped else ''))
+                    f'top1 {means["top1"]:.3f} | {images_per_s:,.0f} img/s | {eta}'
+                    + (f' | {int(skipped)} non-finite batch(es) skipped' if skipped else ''))
