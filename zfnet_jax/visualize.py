@@ -178,9 +178,7 @@ def run_correspondence(args, config, model, params, write: figures.Writer) -> No
 def run_invariance(args, config, model, params, write: figures.Writer) -> None:
   layer_numbers = _layers(args, model.arch.layer_numbers, invariance.default_layers(model.arch), 'layers')
   images, labels, names = _image_set(args, config)
-  s = model.arch.image_size
-  amounts = {'translation': np.linspace(-0.27 * s, 0.27 * s, 13), 'scale': np.linspace(1.0, 1.8, 9),
-             'rotation': np.arange(0.0, 361.0, 10.0)}
+  amounts = invariance.amounts(model.arch.image_size)
   curve = jax.jit(invariance.invariance, static_argnames=('model', 'kind', 'layer_numbers'))
   results = {kind: {k: np.asarray(v) for k, v in curve(model=model, params=params, images=images, labels=labels,
                                                         kind=kind, amounts=jnp.asarray(amounts[kind], jnp.float32),

@@ -5,12 +5,20 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from zfnet_jax.model import network
 
 
 TRANSFORMS = ('translation', 'scale', 'rotation')
 
+
+
+def amounts(image_size: int, rotation_step: float = 10.0) -> dict[str, np.ndarray]:
+  """Fig. 5's ranges: vertical shifts up to 27% of the image either way (13), scales 1-1.8 (9), and full
+  turns in `rotation_step`-degree steps."""
+  return {'translation': np.linspace(-0.27 * image_size, 0.27 * image_size, 13), 'scale': np.linspace(1.0, 1.8, 9),
+          'rotation': np.arange(0.0, 361.0, rotation_step)}
 
 def transform(image: jax.Array, kind: str, amount: jax.Array, fill: float = 0.0) -> jax.Array:
   """An `[H, W, C]` image shifted down by `amount` pixels, scaled by `amount` about its centre, or rotated

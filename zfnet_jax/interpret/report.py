@@ -177,9 +177,7 @@ def write_occlusion(out: str, config, model, params, images: np.ndarray, labels:
 def invariance_curves(model, params, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
   """Fig. 5: per transformation, the amounts and each image's feature distances (`invariance.default_layers`:
   the first conv and last hidden layer present) and p(true class)."""
-  s = model.arch.image_size
-  amounts = {'translation': np.linspace(-0.27 * s, 0.27 * s, 13), 'scale': np.linspace(1.0, 1.8, 9),
-             'rotation': np.arange(0.0, 361.0, 15.0)}
+  amounts = invariance.amounts(model.arch.image_size, rotation_step=15.0)  # coarser: small inline charts
   curve = jax.jit(invariance.invariance, static_argnums=(0, 4))
   result = {}
   for kind in invariance.TRANSFORMS:

@@ -16,6 +16,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from zfnet_jax.model import network
+from zfnet_jax.training import metric_writer
 
 
 class ArchitectureMismatchError(ValueError):
@@ -26,7 +27,7 @@ def directory(workdir: str) -> str:
   """`WORKDIR/checkpoints`, absolute: Orbax takes `gs://...` as it is and wants local paths absolute."""
   if '://' not in workdir:
     workdir = os.path.abspath(workdir)
-  return workdir.rstrip('/') + '/checkpoints'
+  return metric_writer.join(workdir, 'checkpoints')
 
 
 def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:

@@ -47,7 +47,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def check_workdir(workdir: str) -> None:
   """Creates `workdir` (any path `tf.io.gfile` takes, `gs://` too) and fails early if it cannot be written."""
-  probe = f'{workdir.rstrip("/")}/.write_test_{jax.process_index()}'
+  probe = metric_writer.join(workdir, f'.write_test_{jax.process_index()}')
   try:
     tf.io.gfile.makedirs(workdir)
     with tf.io.gfile.GFile(probe, 'w') as f:
