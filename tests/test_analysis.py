@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import config_path, record, small_net
-from zfnet_jax import benchmark, config_lib
+from zfnet_jax import benchmark, config_lib, parallel
 from zfnet_jax.interpret import correspondence, deconvnet, invariance, occlusion, topk
 from zfnet_jax.model import network
-from zfnet_jax.training import steps
 
 
 def _numpy_topk(acts: np.ndarray, mask: np.ndarray, k: int):
@@ -51,7 +50,7 @@ def test_stream_topk_merges_batches_sharded_over_devices_and_project_topk_projec
   mask = np.ones(24, np.int32)
   mask[-3:] = 0
   batches = [{'image': images[i:i + 8], 'mask': mask[i:i + 8]} for i in range(0, 24, 8)]
-  tops = topk.stream_topk(model, params, batches, (2, 5), k=4, mesh=steps.make_mesh(jax.local_devices()))
+  tops = topk.stream_topk(model, params, batches, (2, 5), k=4, mesh=parallel.make_mesh(jax.local_devices()))
   assert jax.local_device_count() == 8  # conftest: every batch is split over 8 devices
   _, state = jax.jit(lambda x: model.apply({'params': params}, x, mutable=['intermediates']))(images)
   for layer in (2, 5):

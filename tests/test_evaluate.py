@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import digits_config
-from zfnet_jax.data import augment, pipeline, preprocess
-from zfnet_jax.training import checkpointing, evaluation, steps
+from zfnet_jax import parallel
+from zfnet_jax.data import augment, pipeline
+from zfnet_jax.training import checkpointing, evaluation
 
 
 def ten_crops(square: np.ndarray, size: int) -> list[np.ndarray]:
@@ -25,7 +26,7 @@ def test_ten_crops_equal_the_mean_of_ten_single_crop_softmaxes(trained_digits):
   model, params, step = checkpointing.load_params(config, workdir)
   size = config.model.image_size
   records = pipeline.open_split(config, config.dataset.eval_split)
-  mean, std = np.mean(preprocess.IMAGENET_MEAN), np.mean(preprocess.IMAGENET_STD)  # grey digits, mean_std
+  mean, std = augment.channel_stats(1)  # grey digits, mean_std
   crops, labels = [], records.labels
   for k in range(len(records)):
     crops += ten_crops((records.example(k)['image'].astype(np.float32) - mean) / std, size)
@@ -51,7 +52,7 @@ def test_one_crop_equals_training_evaluation_and_bad_modes_fail(trained_digits):
   record = evaluation.evaluate_checkpoint(config, workdir, num_crops=1)
   model, params, _ = checkpointing.load_params(config, workdir)
   params = jax.tree_util.tree_map(np.asarray, params)  # host arrays: jit places them beside the sharded batch
-  mesh = steps.make_mesh()
+  mesh = parallel.make_mesh()
   eval_fn = evaluation.jit_eval_step(mesh, model, augment.normalize_fn(config, None))
   expected = evaluation.evaluate(eval_fn, params, config, mesh)
   assert record['crops'] == 1 and record['num_examples'] == expected['num_examples'] == 360

@@ -5,7 +5,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from zfnet_jax import predict
-from zfnet_jax.data import augment, pipeline, preprocess, sources
+from zfnet_jax.data import augment, inputs, pipeline, sources
 from zfnet_jax.training import checkpointing
 
 
@@ -40,9 +40,9 @@ def test_bad_inputs_fail_clearly(trained_digits, tmp_path):
   config, _ = trained_digits
   np.save(tmp_path / 'rgb.npy', np.zeros((64, 64, 3), np.float32))
   with pytest.raises(ValueError, match=r'a preprocessed input for this config is float32 \[64, 64, 1\]'):
-    preprocess.load_input(str(tmp_path / 'rgb.npy'), config)
+    inputs.load_input(str(tmp_path / 'rgb.npy'), config)
   (tmp_path / 'notes.txt').write_text('not an image')
   with pytest.raises(ValueError, match='neither a .npy array nor an image file'):
-    preprocess.load_input(str(tmp_path / 'notes.txt'), config)
+    inputs.load_input(str(tmp_path / 'notes.txt'), config)
   with pytest.raises(FileNotFoundError, match='no image file'):
-    preprocess.load_input(str(tmp_path / 'missing.png'), config)
+    inputs.load_input(str(tmp_path / 'missing.png'), config)

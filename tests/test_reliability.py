@@ -26,6 +26,7 @@ import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from conftest import PATIENT_COLLECTIVES, REPO, config_path, digits_config
+from zfnet_jax import parallel
 from zfnet_jax.data import augment, pipeline
 from zfnet_jax.training import checkpointing, evaluation, loop, steps
 
@@ -240,7 +241,7 @@ def test_skip_nonfinite_leaves_the_state_unchanged(tfds_dir):
   batch = next(pipeline.train_batches(config)[0])
   state = init(jax.random.key(0))
   before = jax.tree_util.tree_map(np.asarray, state.params)
-  state, metrics = skip_step(state, steps.global_batch(mesh, batch))
+  state, metrics = skip_step(state, parallel.global_batch(mesh, batch))
   assert float(metrics['skipped']) == 1.0 and float(metrics['loss']) == 0.0 and int(state.step) == 1
   assert_trees(jax.tree_util.tree_map(np.asarray, state.params), before)
 

@@ -35,10 +35,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from zfnet_jax import config_lib
+from zfnet_jax import config_lib, parallel
 from zfnet_jax.interpret import deconvnet, occlusion
 from zfnet_jax.model import network, receptive_field
-from zfnet_jax.data import augment, pipeline, preprocess, sources, squares
+from zfnet_jax.data import augment, pipeline, sources, squares
 from zfnet_jax.training import evaluation, optim, steps
 
 
@@ -55,7 +55,7 @@ class Options:
 
 
 def synthetic_batch(mesh: jax.sharding.Mesh, config: ml_collections.ConfigDict, batch_size: int,
-                    seed: int = 0) -> steps.Batch:
+                    seed: int = 0) -> parallel.Batch:
   """Random uint8 squares `image` `[B, R, R, C]` (as the input pipeline delivers them), `label` `[B]` and
   `mask` `[B]` (all ones), sharded over the mesh."""
   n_dev, n_proc = mesh.devices.size, jax.process_count()
@@ -68,7 +68,7 @@ def synthetic_batch(mesh: jax.sharding.Mesh, config: ml_collections.ConfigDict, 
   host = {'image': rng.integers(0, 256, (local, r, r, m.in_channels), np.uint8),
           'label': rng.integers(0, m.num_classes, (local,), np.int32),
           'mask': np.ones((local,), np.int32)}
-  return jax.block_until_ready(steps.global_batch(mesh, host))
+  return jax.block_until_ready(parallel.global_batch(mesh, host))
 
 
 def _synthetic_pixel_mean(config: ml_collections.ConfigDict) -> np.ndarray | None:
@@ -140,7 +140,7 @@ def record(options: Options, config: ml_collections.ConfigDict, what: str, batch
 
 def benchmark_train(config: ml_collections.ConfigDict, options: Options) -> list[dict[str, Any]]:
   """The jitted train step of `steps.jit_steps` (forward, backward, SGD momentum, filter renormalisation)."""
-  mesh = steps.make_mesh()
+  mesh = parallel.make_mesh()
   model = network.create_model(config)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch=1000, num_steps=1000 * config.num_epochs)
   tx = optim.create_optimizer(config.optim, schedule)
@@ -165,7 +165,7 @@ def benchmark_train(config: ml_collections.ConfigDict, options: Options) -> list
 
 def benchmark_infer(config: ml_collections.ConfigDict, options: Options) -> list[dict[str, Any]]:
   """The jitted eval step of `evaluation.jit_eval_step` (forward pass, loss, top-1/top-5), at `batch_size`."""
-  mesh = steps.make_mesh()
+  mesh = parallel.make_mesh()
   model = network.create_model(config)
   params = jax.jit(network.init_params, static_argnums=0)(model, jax.random.key(config.seed))
   batch = synthetic_batch(mesh, config, config.batch_size)
@@ -336,7 +336,7 @@ def _tfdata_batches(config: ml_collections.ConfigDict, host_batch: int):
   r, s, c = config.input.resize_size, config.model.image_size, config.model.in_channels
   ds = sources.get_builder(config.dataset).as_dataset(
       split=config.dataset.train_split, shuffle_files=True, decoders={'image': tfds.decode.SkipDecoding()})
-  mean = tf.constant(np.resize(np.asarray(preprocess.IMAGENET_MEAN), c), tf.float32)
+  mean = tf.constant(augment.channel_stats(c)[0], tf.float32)
 
   def prepare(example):
     image = tf.io.decode_image(example['image'], channels=c, expand_animations=False)

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from zfnet_jax import config_lib
-from zfnet_jax.data import preprocess, sources
+from zfnet_jax.data import inputs, sources
 from zfnet_jax.model import inference
 from zfnet_jax.training import checkpointing
 
@@ -25,7 +25,7 @@ TOP_K = 5
 def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> tuple[np.ndarray, int]:
   """`(logits [N, num_classes], checkpoint step)` of the latest checkpoint of `workdir` for the inputs at `paths`."""
   sources.hide_accelerators_from_tf()
-  inputs = np.stack([preprocess.load_input(p, config) for p in paths])
+  inputs = np.stack([inputs.load_input(p, config) for p in paths])
   model, params, step = checkpointing.load_params(config, workdir)
   logits = jax.jit(lambda p, x: {'logits': model.apply({'params': p}, x)})
   n = config.eval_batch_size

@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 
 from zfnet_jax import config_lib
-from zfnet_jax.data import pipeline, preprocess, sources
+from zfnet_jax.data import inputs, pipeline, sources
 from zfnet_jax.interpret import correspondence, deconvnet, figures, invariance, occlusion, report, site, topk
 from zfnet_jax.model import network, receptive_field
 from zfnet_jax.training import checkpointing
@@ -47,7 +47,7 @@ def _names(config: ml_collections.ConfigDict) -> list[str]:
 def _one_image(args, config) -> tuple[np.ndarray, int | None, str]:
   """`(image, label or None, description)` from `--image` or `--index` of the split."""
   if args.image:
-    return preprocess.load_input(args.image, config), None, os.path.basename(args.image)
+    return inputs.load_input(args.image, config), None, os.path.basename(args.image)
   images, labels, _ = pipeline.first_images(config, args.split, lambda i, _: i == args.index, 1)
   return images[0], int(labels[0]), f'{args.split} image {args.index}'
 
@@ -58,7 +58,7 @@ def _image_set(args, config) -> tuple[np.ndarray, np.ndarray, list[str]]:
     labels = args.labels or [0] * len(args.images)
     if len(labels) != len(args.images):
       raise ValueError(f'--labels needs one label per image: {len(args.images)} images, {len(labels)} labels')
-    return np.stack([preprocess.load_input(p, config) for p in args.images]), np.asarray(labels), \
+    return np.stack([inputs.load_input(p, config) for p in args.images]), np.asarray(labels), \
         [os.path.basename(p) for p in args.images]
   want = (lambda i, label: True) if args.label is None else (lambda i, label: label == args.label)
   images, labels, indices = pipeline.first_images(config, args.split, want, args.count)

@@ -1,7 +1,7 @@
 """The random half of the preprocessing, on the device inside the jitted steps: uint8 squares -> network inputs.
 
 Pure jax functions. A training example's crop and flip are drawn from
-`fold_in(fold_in(key(seed), step), i)`, `i` its index in the global batch, so they depend on
+`fold_in(fold_in(parallel.stream_key(seed, 'crops'), step), i)`, `i` its index in the global batch, so they depend on
 (seed, step, example) only: not on the host count, the device count or a resume.
 - `paper` crops: a random `image_size` window of the square, flipped left-right with probability 1/2.
 - `inception` crops: a random-resized crop (area 8-100%, aspect 3/4-4/3) of the square, resized to
@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from zfnet_jax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from zfnet_jax import parallel
 
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, pixels in [0, 255]
+IMAGENET_STD = (58.395, 57.12, 57.375)
 CROPS = ('paper', 'inception')
 NORMALIZATIONS = ('mean', 'mean_std', 'pixel_mean')
 
@@ -39,16 +41,25 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f'set config.input.resize_size >= image_size')
 
 
+def channel_stats(channels: int) -> tuple[np.ndarray, np.ndarray]:
+  """ImageNet's per-channel `(mean, std)` in [0, 255] pixels, float32 `[C]`: RGB as they are; a grey
+  channel gets the mean of the three (the one grey mean of the package: inputs, displays, benchmarks)."""
+  mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
+  if channels == 1:
+    return mean.mean(keepdims=True), std.mean(keepdims=True)
+  if channels != 3:
+    raise ValueError(f'images have 1 (grey) or 3 (RGB) channels, got {channels}')
+  return mean, std
+
+
 def normalize(images: jax.Array, normalization: str, pixel_mean: np.ndarray | None = None) -> jax.Array:
   """uint8 `[..., R, R, C]` pixels -> float32 network values (`pixel_mean`: float32 `[R, R, C]`)."""
   x = jnp.asarray(images).astype(jnp.float32)
   if normalization == 'pixel_mean':
     return x - jnp.asarray(pixel_mean, jnp.float32)
-  rgb = x.shape[-1] == 3
-  x = x - jnp.asarray(IMAGENET_MEAN if rgb else (np.mean(IMAGENET_MEAN),), jnp.float32)
-  if normalization == 'mean_std':
-    x = x / jnp.asarray(IMAGENET_STD if rgb else (np.mean(IMAGENET_STD),), jnp.float32)
-  return x
+  mean, std = channel_stats(x.shape[-1])
+  x = x - mean
+  return x / std if normalization == 'mean_std' else x
 
 
 def _paper_crop(key: jax.Array, image: jax.Array, size: int) -> jax.Array:
@@ -73,7 +84,7 @@ def _inception_crop(key: jax.Array, image: jax.Array, size: int) -> jax.Array:
 def train_inputs(images: jax.Array, step: jax.Array, *, seed: int, size: int, crop: str, flip: bool,
                  normalization: str, pixel_mean: np.ndarray | None = None) -> jax.Array:
   """uint8 squares `[B, R, R, C]` of global batch `step` -> float32 network inputs `[B, size, size, C]`."""
-  base = jax.random.fold_in(jax.random.key(seed), step)
+  base = jax.random.fold_in(parallel.stream_key(seed, 'crops'), step)
   keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(images.shape[0]))
   cut = _paper_crop if crop == 'paper' else _inception_crop
 

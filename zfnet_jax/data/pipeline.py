@@ -56,9 +56,19 @@ class Records:
     return {'image': np.zeros(self.shape, np.uint8), 'label': np.int32(0)}
 
 
+_OPEN: dict[tuple, Records] = {}  # each split is opened once per process
+
+
 def open_split(config: ml_collections.ConfigDict, split: str, process_index: int | None = None) -> Records:
   """The prepared squares of `split` (prepared now on process 0 if they are not), `dataset.classes` applied
-  from the stored labels, without reading any image."""
+  from the stored labels, without reading any image. Opened once per process."""
+  key = (squares.key(config), split, tuple(config.dataset.classes), config.model.num_classes)
+  if key not in _OPEN:
+    _OPEN[key] = _open_split(config, split, process_index)
+  return _OPEN[key]
+
+
+def _open_split(config: ml_collections.ConfigDict, split: str, process_index: int | None) -> Records:
   b = squares.prepare(config, process_index)
   if split not in b.info.splits:
     raise ValueError(f'dataset {config.dataset.name!r} has no split {split!r}; it has '

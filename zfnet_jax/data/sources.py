@@ -27,10 +27,15 @@ def hide_accelerators_from_tf() -> None:
   tf.config.set_visible_devices([], 'TPU')
 
 
+def folder_root(name: str) -> str | None:
+  """The folder of a `folder:/path` dataset name, None for a tfds name."""
+  return name[len(FOLDER_PREFIX):] if name.startswith(FOLDER_PREFIX) else None
+
+
 def source_builder(d: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The tfds builder (or `ImageFolder`) for `config.dataset`, not prepared: its info, nothing read."""
-  if d.name.startswith(FOLDER_PREFIX):
-    root = d.name[len(FOLDER_PREFIX):]
+  root = folder_root(d.name)
+  if root is not None:
     if not os.path.isdir(root):
       raise DatasetNotFoundError(f'folder dataset {root!r} does not exist: expected {root}/SPLIT/CLASS/IMAGE files')
     return tfds.folder_dataset.ImageFolder(root)
@@ -89,16 +94,10 @@ def class_names(config: ml_collections.ConfigDict) -> list[str] | None:
   subset, in that order), read from the tfds builder without preparing it. None where the dataset has
   no names or they do not match `config.model.num_classes` (ImageNet's are WordNet ids, n01440764...)."""
   d = config.dataset
-  if d.name.startswith(FOLDER_PREFIX):
-    root = d.name[len(FOLDER_PREFIX):]
-    if not os.path.isdir(root):
-      return None
-    builder = tfds.folder_dataset.ImageFolder(root)
-  else:
-    try:
-      builder = tfds.builder(d.name, data_dir=d.data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
-      return None
+  try:
+    builder = source_builder(d)
+  except DatasetNotFoundError:
+    return None
   names = list(builder.info.features['label'].names)
   if d.classes:
     names = [names[c] for c in d.classes if 0 <= c < len(names)]

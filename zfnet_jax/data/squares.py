@@ -33,6 +33,7 @@ import PIL.Image
 import tensorflow_datasets as tfds
 from etils import epath
 
+from zfnet_jax import progress
 from zfnet_jax.data import preprocess, sources
 
 
@@ -83,7 +84,7 @@ class ZfnetSquares(tfds.core.GeneratorBasedBuilder):
       name = example.get('image/filename', b'').decode() or f'{c.source} {split} example'
       return preprocess.square(preprocess.decode(example['image'], c.channels, name), c.size)
 
-    progress = Progress(f'{c.name} {split}', total)
+    done = progress.Progress(total, what=f'{c.name} {split}', unit='squares', every_s=10)
     examples = iter(tfds.as_numpy(ds))
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # PIL releases the GIL
       while chunk := list(itertools.islice(examples, 512)):
@@ -91,7 +92,7 @@ class ZfnetSquares(tfds.core.GeneratorBasedBuilder):
           total_sum += pixels
           labels.append(int(example['label']))
           yield len(labels) - 1, {'image': encode(pixels, c.quality), 'label': labels[-1]}
-        progress.update(len(labels))
+        done.update(len(labels))
     out = epath.Path(self.data_dir)  # the temporary folder tfds renames when every split is written
     np.save(out / f'labels-{split}.npy', np.asarray(labels, np.int32))
     np.save(out / f'mean-{split}.npy', (total_sum / max(1, len(labels))).astype(np.float32))
@@ -106,23 +107,6 @@ def encode(pixels: np.ndarray, quality: int) -> bytes | np.ndarray:
   return out.getvalue()
 
 
-class Progress:
-  """Prints `done/total, rate, ETA` at most every 10 s."""
-
-  def __init__(self, what: str, total: int):
-    self.what, self.total, self.start, self.last = what, total, time.time(), 0.0
-
-  def update(self, done: int) -> None:
-    now = time.time()
-    if now - self.last < 10 and done < self.total:
-      return
-    self.last = now
-    rate = done / max(now - self.start, 1e-9)
-    eta = (self.total - done) / rate if rate else float('inf')
-    print(f'{self.what}: {done:,}/{self.total:,} squares, {rate:,.0f}/s, ETA {eta / 60:.1f} min',
-          file=sys.stderr, flush=True)
-
-
 def builder(config: ml_collections.ConfigDict) -> ZfnetSquares:
   """The squares builder for `config.dataset` and `config.input` (prepared or not; nothing is read)."""
   d, i = config.dataset, config.input
@@ -132,8 +116,9 @@ def builder(config: ml_collections.ConfigDict) -> ZfnetSquares:
     raise ValueError(f'config.input.jpeg_quality must be in 1..100, got {i.jpeg_quality}')
   quality = i.jpeg_quality if i.square_format == 'jpeg' else 0
   source = sources.source_builder(d)
-  if d.name.startswith(sources.FOLDER_PREFIX):
-    root = os.path.abspath(d.name[len(sources.FOLDER_PREFIX):])
+  root = sources.folder_root(d.name)
+  if root is not None:
+    root = os.path.abspath(root)
     base = f'folder_{re.sub(r"[^a-z0-9]+", "_", os.path.basename(root).lower())}_{hashlib.sha1(root.encode()).hexdigest()[:8]}'
   else:
     base = re.sub(r'[^a-z0-9]+', '_', d.name.lower())
@@ -145,8 +130,24 @@ def builder(config: ml_collections.ConfigDict) -> ZfnetSquares:
   return ZfnetSquares(config=squares_config, data_dir=d.data_dir, file_format='array_record')
 
 
+def key(config: ml_collections.ConfigDict) -> tuple:
+  """What names one set of squares: the source and how its squares are made."""
+  d, i = config.dataset, config.input
+  return (d.name, d.data_dir, d.manual_dir, i.resize_size, i.square_format, i.jpeg_quality, config.model.in_channels)
+
+
+_PREPARED: dict[tuple, ZfnetSquares] = {}  # each set of squares is opened once per process
+
+
 def prepare(config: ml_collections.ConfigDict, process_index: int | None = None) -> ZfnetSquares:
-  """The prepared squares builder: prepared here on process 0 if needed; other processes wait for it."""
+  """The prepared squares builder, opened once per process: prepared here on process 0 if needed; other
+  processes wait for it."""
+  if key(config) not in _PREPARED:
+    _PREPARED[key(config)] = _prepare(config, process_index)
+  return _PREPARED[key(config)]
+
+
+def _prepare(config: ml_collections.ConfigDict, process_index: int | None) -> ZfnetSquares:
   b = builder(config)
   if b.is_prepared():
     return b

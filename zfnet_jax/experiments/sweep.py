@@ -29,10 +29,10 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from matplotlib.figure import Figure
 
-from zfnet_jax import config_lib
+from zfnet_jax import config_lib, parallel
 from zfnet_jax.data import augment, squares
 from zfnet_jax.model import network
-from zfnet_jax.training import checkpointing, evaluation, loop, metric_writer, steps
+from zfnet_jax.training import checkpointing, evaluation, loop, metric_writer
 
 COLUMNS = ('variant', 'seed', 'train_top1', 'eval_top1', 'eval_top5', 'eval_loss', 'params', 'steps', 'seconds',
            'workdir')
@@ -66,7 +66,7 @@ def run_config(config_path: str, overrides: dict[str, Any], variant: dict[str, A
 def split_metrics(config: ml_collections.ConfigDict, workdir: str, split: str) -> tuple[dict[str, float], int, int]:
   """`(metrics, params, step)`: loss/top-1/top-5 of the latest checkpoint over the whole `split`."""
   model, params, step = checkpointing.load_params(config, workdir)
-  mesh = steps.make_mesh()
+  mesh = parallel.make_mesh()
   params = jax.device_put(params, NamedSharding(mesh, P()))
   eval_fn = evaluation.jit_eval_step(mesh, model, augment.normalize_fn(config, squares.pixel_mean(config)))
   metrics = evaluation.evaluate(eval_fn, params, config, mesh, split)

@@ -30,7 +30,6 @@ from jax import lax
 from zfnet_jax.model import layers, network, receptive_field
 from zfnet_jax.model.receptive_field import Step
 
-_DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 
 Recording = network.Forward  # one forward pass with `record=True`: logits, layer outputs, switches
@@ -109,7 +108,7 @@ def filter_down(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   k = kernel.shape[0]
   flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)  # [k, k, C_out, C_in]
   return lax.conv_general_dilated(x, flipped, (1, 1), [(k - 1, k - 1)] * 2, lhs_dilation=(stride, stride),
-                                  dimension_numbers=_DIMS)
+                                  dimension_numbers=network.CONV_DIMS)
 
 
 def _filter_down_by_phases(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -128,7 +127,7 @@ def _filter_down_by_phases(x: jax.Array, kernel: jax.Array, stride: int) -> jax.
       sub = kernel[ty::s, tx::s]
       dy, dx = sub.shape[:2]
       row.append(lax.conv_general_dilated(x, jnp.swapaxes(sub[::-1, ::-1], 2, 3), (1, 1),
-                                          [(dy - 1, rows - n), (dx - 1, rows - n)], dimension_numbers=_DIMS))
+                                          [(dy - 1, rows - n), (dx - 1, rows - n)], dimension_numbers=network.CONV_DIMS))
     phases.append(jnp.stack(row, axis=3))  # [B, rows, rows, s (tx), C_in]
   size = (n - 1) * s + k
   return jnp.stack(phases, axis=2).reshape(b, rows * s, rows * s, -1)[:, :size, :size]
@@ -234,7 +233,7 @@ def forward_with_deconv_rules(arch: network.Architecture, params: Any, images: j
   for c in arch.convs:
     p = params[c.name]
     x = lax.conv_general_dilated(x, p['kernel'], (c.stride, c.stride), [(c.padding, c.padding)] * 2,
-                                 dimension_numbers=_DIMS) + p['bias']
+                                 dimension_numbers=network.CONV_DIMS) + p['bias']
     x = _rectify(x)
     if c.lrn and arch.lrn_position == 'before_pool':
       x = _lrn_passing_gradients(arch, x)

@@ -12,7 +12,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from zfnet_jax.data import preprocess, squares
+from zfnet_jax.data import augment, squares
 from zfnet_jax.interpret import topk
 
 
@@ -22,9 +22,7 @@ def to_display(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndar
   Under `pixel_mean` normalisation a patch's place in the square is not known here, so the mean image's
   per-channel average is added back: exact up to the mean image's spatial variation.
   """
-  channels = images.shape[-1]
-  mean = np.asarray(preprocess.IMAGENET_MEAN if channels == 3 else [np.mean(preprocess.IMAGENET_MEAN)], np.float32)
-  std = np.asarray(preprocess.IMAGENET_STD if channels == 3 else [np.mean(preprocess.IMAGENET_STD)], np.float32)
+  mean, std = augment.channel_stats(images.shape[-1])
   if config.input.normalization == 'pixel_mean':
     mean = squares.pixel_mean(config).mean(axis=(0, 1), dtype=np.float32)
   images = np.asarray(images, np.float32)  # float32 throughout: these arrays can be large (report sprites)

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from zfnet_jax import parallel
 from zfnet_jax.interpret import deconvnet
 from zfnet_jax.model import network, receptive_field
-from zfnet_jax.training import steps
 
 class TopK(NamedTuple):
   """The k strongest activations of every feature map, one per image, strongest first; all `[C, k]`."""
@@ -64,7 +64,7 @@ def stream_topk(model: network.ConvNet, params: Any, batches: Iterable[dict[str,
   `mesh` (default: every local device) and merged on the way, so the result is the top-k of the whole
   stream."""
   layer_numbers = tuple(layer_numbers)
-  mesh = mesh or steps.make_mesh(jax.local_devices())
+  mesh = mesh or parallel.make_mesh(jax.local_devices())
   channels = {c.layer: c.features for c in model.arch.convs}
   update = _jitted_topk_update(model, layer_numbers)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -73,7 +73,7 @@ def stream_topk(model: network.ConvNet, params: Any, batches: Iterable[dict[str,
   for batch in batches:
     size = len(batch['mask'])
     ids = np.arange(seen, seen + size, dtype=np.int32)
-    placed = steps.global_batch(mesh, {'image': batch['image'], 'ids': ids, 'mask': batch['mask']})
+    placed = parallel.global_batch(mesh, {'image': batch['image'], 'ids': ids, 'mask': batch['mask']})
     states = update(states, params, placed['image'], placed['ids'], placed['mask'])
     seen += size
   return states

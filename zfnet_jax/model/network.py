@@ -8,6 +8,7 @@ Flax module; `Architecture` is also what the deconvnet and the receptive-field c
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -123,8 +124,24 @@ class Architecture:
     return sizes
 
   def to_dict(self) -> dict[str, Any]:
-    """A JSON-able description, stored with checkpoints to detect architecture mismatches."""
-    return dataclasses.asdict(self)
+    """A JSON-able description, stored with checkpoints and exported weights to detect mismatches."""
+    return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples as lists, as they come back from JSON
+
+
+TRAINING_ONLY_FIELDS = ('dropout_rate',)  # architecture fields that do not change the forward pass or the weights
+
+
+def architecture_differences(saved: dict[str, Any], current: Architecture) -> list[str]:
+  """The one compatibility rule for weights: `'FIELD: saved V vs config W'` for each field of `saved` (an
+  `Architecture.to_dict()`) that differs from `current` and matters to the forward pass. Empty: the weights
+  fit `current` and compute the function they computed (training-only fields, e.g. dropout, may differ)."""
+  def flat(arch: dict[str, Any]) -> dict[str, Any]:  # each conv layer's fields as their own entries
+    out = {k: v for k, v in arch.items() if k != 'convs' and k not in TRAINING_ONLY_FIELDS}
+    out.update({f'conv{c["layer"]}.{k}': v for c in arch.get('convs', []) for k, v in c.items() if k != 'layer'})
+    return out
+  old, new = flat(saved), flat(current.to_dict())
+  return [f'{k}: saved {old.get(k)!r} vs config {new.get(k)!r}' for k in sorted(old.keys() | new.keys())
+          if old.get(k) != new.get(k)]
 
 
 KERNEL_INITS = {
@@ -133,7 +150,7 @@ KERNEL_INITS = {
 }
 
 
-_DIMS = ('NHWC', 'HWIO', 'NHWC')
+CONV_DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 
 def conv_stage(arch: Architecture, spec: ConvSpec, p: dict, x: jax.Array, whole: bool = True) -> jax.Array:
@@ -148,7 +165,7 @@ def conv_stage(arch: Architecture, spec: ConvSpec, p: dict, x: jax.Array, whole:
   """
   pad = spec.padding if whole else 0
   x = lax.conv_general_dilated(x, p['kernel'], (spec.stride, spec.stride), [(pad, pad)] * 2,
-                               dimension_numbers=_DIMS) + p['bias']
+                               dimension_numbers=CONV_DIMS) + p['bias']
   x = jax.nn.relu(x)
   if spec.lrn and (arch.lrn_position == 'before_pool' or not spec.pool):
     x = _lrn(arch, x)

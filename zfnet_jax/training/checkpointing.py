@@ -7,16 +7,14 @@ instead of with a shape error deep inside Orbax.
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from zfnet_jax import paths
 from zfnet_jax.model import network
-from zfnet_jax.training import metric_writer
 
 
 class ArchitectureMismatchError(ValueError):
@@ -25,9 +23,7 @@ class ArchitectureMismatchError(ValueError):
 
 def directory(workdir: str) -> str:
   """`WORKDIR/checkpoints`, absolute: Orbax takes `gs://...` as it is and wants local paths absolute."""
-  if '://' not in workdir:
-    workdir = os.path.abspath(workdir)
-  return metric_writer.join(workdir, 'checkpoints')
+  return paths.join(paths.absolute(workdir), 'checkpoints')
 
 
 def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
@@ -44,22 +40,14 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, arch: network.Archi
                                           architecture=ocp.args.JsonSave(arch.to_dict())))
 
 
-def _describe_mismatch(saved: dict, current: dict) -> str:
-  lines = []
-  for key in sorted(set(saved) | set(current)):
-    if saved.get(key) != current.get(key):
-      lines.append(f'  {key}: checkpoint {saved.get(key)!r} vs config {current.get(key)!r}')
-  return '\n'.join(lines)
-
-
 def check_architecture(mngr: ocp.CheckpointManager, step: int, arch: network.Architecture) -> None:
   """Raises `ArchitectureMismatchError`, naming the differing fields, if `step` was saved by another network."""
   saved = mngr.restore(step, args=ocp.args.Composite(architecture=ocp.args.JsonRestore()))['architecture']
-  current = json.loads(json.dumps(arch.to_dict()))  # JSON turns tuples into lists, as in `saved`
-  if saved != current:
+  differences = network.architecture_differences(saved, arch)
+  if differences:
     raise ArchitectureMismatchError(
-        f'the checkpoint at step {step} in {mngr.directory} was written by a different architecture:\n'
-        f'{_describe_mismatch(saved, current)}\nUse the config that trained it, or a fresh --workdir.')
+        f'the checkpoint at step {step} in {mngr.directory} was written by a different architecture:\n  '
+        + '\n  '.join(differences) + '\nUse the config that trained it, or a fresh --workdir.')
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, arch: network.Architecture) -> Any:

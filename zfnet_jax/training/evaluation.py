@@ -8,18 +8,17 @@ crops cost ten forward passes but no extra host work.
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import tensorflow as tf
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
+from zfnet_jax import parallel, paths
 from zfnet_jax.data import augment, pipeline, sources, squares
 from zfnet_jax.model import network
-from zfnet_jax.training import checkpointing, metric_writer, steps
+from zfnet_jax.training import checkpointing, steps
 
 CROP_MODES = (1, 10)
 
@@ -48,7 +47,7 @@ def mean_log_probs(params: Any, squares: jax.Array, *, model: network.ConvNet, n
   return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(num_crops)
 
 
-def eval_step(params: Any, batch: steps.Batch, *, model: network.ConvNet, normalize: Callable,
+def eval_step(params: Any, batch: parallel.Batch, *, model: network.ConvNet, normalize: Callable,
               num_crops: int = 1) -> dict[str, jax.Array]:
   """Sums over the `mask == 1` images of `batch` (`image` uint8 squares `[B, R, R, C]`, `label`, `mask`
   `[B]`): loss, top-1 and top-5 correct, count. `normalize`: `augment.normalize_fn(config, pixel_mean)`."""
@@ -63,10 +62,9 @@ def eval_step(params: Any, batch: steps.Batch, *, model: network.ConvNet, normal
 
 def jit_eval_step(mesh: Mesh, model: network.ConvNet, normalize: Callable, num_crops: int = 1) -> Callable:
   """`eval_step` jitted over `mesh`: `(params replicated, batch sharded over data) -> sums (replicated)`."""
-  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   return jax.jit(functools.partial(eval_step, model=model, normalize=normalize, num_crops=num_crops),
-                 in_shardings=(replicated, data),
-                 out_shardings=replicated, compiler_options=steps.compiler_options(mesh))
+                 in_shardings=(parallel.replicated(mesh), parallel.sharded(mesh)),
+                 out_shardings=parallel.replicated(mesh), compiler_options=parallel.compiler_options(mesh))
 
 
 def evaluate(eval_fn: Callable, params: Any, config: ml_collections.ConfigDict, mesh: Mesh,
@@ -78,9 +76,9 @@ def evaluate(eval_fn: Callable, params: Any, config: ml_collections.ConfigDict, 
   batches, _, num_examples = pipeline.eval_batches(config, split, jax.process_index(), jax.process_count(),
                                                    squares_only=True)
   sums = None
-  one_step_in_flight = steps.one_step_in_flight()
+  one_step_in_flight = parallel.one_step_in_flight()
   for batch in batches:
-    out = eval_fn(params, steps.global_batch(mesh, batch))
+    out = eval_fn(params, parallel.global_batch(mesh, batch))
     if one_step_in_flight:
       jax.block_until_ready(out)
     sums = out if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, out)
@@ -95,14 +93,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_cro
   """Scores the latest checkpoint of `workdir` over the whole eval split; writes and returns `eval.json`'s record."""
   if num_crops not in CROP_MODES:
     raise ValueError(f'--crops must be one of {CROP_MODES}, got {num_crops}')
-  n_dev = jax.device_count()
-  if config.eval_batch_size % n_dev:
-    raise ValueError(f'config.eval_batch_size={config.eval_batch_size} must be a multiple of the {n_dev} devices: '
-                     f'e.g. --config.eval_batch_size={max(1, config.eval_batch_size // n_dev) * n_dev}')
+  parallel.check_batch_size('eval_batch_size', config.eval_batch_size)
   sources.hide_accelerators_from_tf()
   model, params, step = checkpointing.load_params(config, workdir)
-  mesh = steps.make_mesh()
-  params = jax.device_put(params, NamedSharding(mesh, P()))
+  mesh = parallel.make_mesh()
+  params = jax.device_put(params, parallel.replicated(mesh))
   split = config.dataset.eval_split
   pixel_mean = squares.pixel_mean(config)
   eval_fn = jit_eval_step(mesh, model, augment.normalize_fn(config, pixel_mean), num_crops)
@@ -110,6 +105,5 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_cro
   record = {**{k: results[k] for k in ('top1', 'top5', 'loss')}, 'num_examples': int(results['num_examples']),
             'crops': num_crops, 'checkpoint_step': step, 'dataset': config.dataset.name, 'split': split}
   if jax.process_index() == 0:
-    with tf.io.gfile.GFile(metric_writer.join(workdir, 'eval.json'), 'w') as f:
-      json.dump(record, f, indent=2)
+    paths.write_json(paths.join(workdir, 'eval.json'), record, indent=2)
   return record

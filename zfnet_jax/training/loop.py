@@ -7,16 +7,20 @@ are read, and metrics leave the device only at log steps, through `jax.device_ge
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
-import math
 import signal
 import threading
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from zfnet_jax import parallel, paths, progress
 from zfnet_jax.data import augment, pipeline, sources, squares
 from zfnet_jax.model import network
 from zfnet_jax.training import checkpointing, evaluation, metric_writer, optim, steps
@@ -35,24 +39,19 @@ class Preempted(Exception):
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Cross-field checks that need the device count; single fields are checked where they are used."""
-  n_dev, n_proc = jax.device_count(), jax.process_count()
   for field in ('batch_size', 'eval_batch_size'):
-    value = config[field]
-    if value < 1 or value % n_dev:
-      raise ValueError(f'config.{field}={value} must be a positive multiple of the {n_dev} devices '
-                       f'({n_proc} process(es)): e.g. --config.{field}={max(1, value // n_dev) * n_dev}')
+    parallel.check_batch_size(field, config[field])
   if config.num_epochs <= 0:
     raise ValueError(f'config.num_epochs must be positive, got {config.num_epochs}')
 
 
 def check_workdir(workdir: str) -> None:
-  """Creates `workdir` (any path `tf.io.gfile` takes, `gs://` too) and fails early if it cannot be written."""
-  probe = metric_writer.join(workdir, f'.write_test_{jax.process_index()}')
+  """Creates `workdir` (any path `paths` takes, `gs://` too) and fails early if it cannot be written."""
+  probe = paths.join(workdir, f'.write_test_{jax.process_index()}')
   try:
-    tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(probe, 'w') as f:
-      f.write('ok')
-    tf.io.gfile.remove(probe)
+    paths.makedirs(workdir)
+    paths.write_text(probe, 'ok')
+    paths.remove(probe)
   except (OSError, tf.errors.OpError) as e:
     reason = getattr(e, 'message', None) or getattr(e, 'strerror', None) or str(e)
     raise PermissionError(f'cannot write to --workdir {workdir} ({reason}): choose a writable directory '
@@ -92,6 +91,24 @@ class PreemptionWatch:
     return self._signalled
 
 
+@dataclasses.dataclass
+class Run:
+  """A training run set up in its workdir: the jitted steps, the data from the resumed step, the state."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  arch: network.Architecture
+  mngr: ocp.CheckpointManager
+  writer: metric_writer.MetricWriter
+  batches: Iterator[dict[str, np.ndarray]]
+  steps_per_epoch: int
+  num_steps: int
+  learning_rate: Callable  # jitted schedule: its constants are not host-to-device transfers
+  train_fn: Callable
+  eval_fn: Callable
+  state: Any
+  step: int
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (a local or `gs://` path), resuming from its latest checkpoint if any.
 
@@ -103,128 +120,151 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   sources.hide_accelerators_from_tf()
   check_config(config)
-  model = network.create_model(config)
-  arch = model.arch
   check_workdir(workdir)
-  mesh = steps.make_mesh()
-  n_proc, proc = jax.process_count(), jax.process_index()
+  run = set_up(config, workdir)
+  if run.step >= run.num_steps:
+    run.mngr.close()
+    metric_writer.log(f'Training already finished at step {run.step}; evaluating the final checkpoint.')
+    return evaluate(run, record=False)
+  with closing_checkpoints(run.mngr), contextlib.closing(metric_writer.ProfileWindow(workdir, *config.profile_steps)) \
+      as profile:
+    return train(run, profile)
 
+
+def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """The run's network, data, jitted steps and state: restored from the latest checkpoint, or initialised."""
+  model = network.create_model(config)
+  mesh = parallel.make_mesh()
   mngr = checkpointing.manager(workdir, config.keep_checkpoints)
   latest = mngr.latest_step()
-  batches, steps_per_epoch = pipeline.train_batches(config, latest or 0, proc, n_proc)
-  num_steps = config.num_train_steps if config.num_train_steps > 0 else math.ceil(config.num_epochs * steps_per_epoch)
+  batches, steps_per_epoch = pipeline.train_batches(config, latest or 0, jax.process_index(), jax.process_count())
+  num_steps = (config.num_train_steps if config.num_train_steps > 0
+               else max(1, optim.epochs_to_steps(config.num_epochs, steps_per_epoch)))
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, num_steps)
   tx = optim.create_optimizer(config.optim, schedule)
-  # the data: uint8 squares from the host (resumed at `latest` by index arithmetic), crops on the device
-  pixel_mean = squares.pixel_mean(config)
+  pixel_mean = squares.pixel_mean(config)  # uint8 squares come from the host; crops and normalisation on the device
   init_fn, train_fn = steps.jit_steps(mesh, model, tx, config.seed, config.optim.filter_rms_radius,
                                       config.skip_nonfinite_steps, inputs=augment.train_inputs_fn(config, pixel_mean))
   eval_fn = evaluation.jit_eval_step(mesh, model, augment.normalize_fn(config, pixel_mean))
-
-  rng = steps.device_key(config.seed, mesh)
-  writer = metric_writer.MetricWriter(workdir, enabled=proc == 0)
-  if latest is not None:
-    state = checkpointing.restore(mngr, latest, jax.eval_shape(init_fn, rng), arch)
-    writer.drop_after(latest)
-    metric_writer.log(f'Resuming from the checkpoint at step {latest}/{num_steps} in {mngr.directory}')
-    step = latest
-  else:
-    state = init_fn(rng)
+  writer = metric_writer.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  key = parallel.device_stream_key(config.seed, 'init', mesh)
+  if latest is None:
+    state = init_fn(key)
     metric_writer.log(f'Training {network.count_params(state.params):,} parameters from scratch: '
                       f'{num_steps} steps ({num_steps / steps_per_epoch:.3g} epochs of {steps_per_epoch}), global '
-                      f'batch {config.batch_size} on {jax.device_count()} device(s), {n_proc} process(es). '
-                      f'Logs: {workdir}')
-    step = 0
+                      f'batch {config.batch_size} on {jax.device_count()} device(s), {jax.process_count()} '
+                      f'process(es). Logs: {workdir}')
+  else:
+    state = checkpointing.restore(mngr, latest, jax.eval_shape(init_fn, key), model.arch)
+    writer.drop_after(latest)
+    metric_writer.log(f'Resuming from the checkpoint at step {latest}/{num_steps} in {mngr.directory}')
+  return Run(config, mesh, model.arch, mngr, writer, batches, steps_per_epoch, num_steps, jax.jit(schedule),
+             train_fn, eval_fn, state, latest or 0)
 
-  def run_eval(step: int, record: bool) -> dict[str, float]:
-    results = evaluation.evaluate(eval_fn, state.params, config, mesh)
-    if record:
-      writer.write(step, 'eval', results)
-    metric_writer.log(f'eval at step {step}: loss {results["loss"]:.4f} top1 {results["top1"]:.4f} '
-                      f'top5 {results["top5"]:.4f} ({int(results["num_examples"])} examples)')
-    return results
 
-  if step >= num_steps:
-    mngr.close()
-    metric_writer.log(f'Training already finished at step {step}; evaluating the final checkpoint.')
-    return run_eval(step, record=False)
-  progress = metric_writer.Progress(num_steps, step, config.batch_size)
-  profile = metric_writer.ProfileWindow(workdir, *config.profile_steps)
-  eval_every = max(1, int(config.eval_every_epochs * steps_per_epoch))
-  sums, n_sums, unread = None, 0, None
-  one_step_in_flight = steps.one_step_in_flight()
-  results = {}
-
-  learning_rate = jax.jit(schedule)  # jitted, so its constants are not host-to-device transfers
-
-  def read_and_log(totals: tuple) -> None:  # (step, sums, n_sums): metrics leave the device here only
-    at, on_device, n = totals
-    log_train_metrics(writer, progress, at, num_steps, steps_per_epoch, jax.device_get(on_device), n,
-                      float(jax.device_get(learning_rate(jax.device_put(at - 1)))), mngr)
-
-  try:
-    try:
-      with PreemptionWatch(mngr) as preemption:
-        while step < num_steps:
-          profile.before_step(step)
-          state, metrics = train_fn(state, steps.global_batch(mesh, next(batches)))
-          if one_step_in_flight:  # several CPU devices only: see `steps.one_step_in_flight`
-            jax.block_until_ready(metrics)
-          if unread is not None:  # the last log step's metrics, read now that the next step is queued
-            read_and_log(unread)
-            unread = None
-          sums, n_sums, step = steps.accumulate(sums, metrics), n_sums + 1, step + 1
-          profile.after_step(step, state)
-          preempted = preemption.reached(step)
-          save_now = step % config.checkpoint_every_steps == 0 or step == num_steps or preempted
-          eval_now = step % eval_every == 0 or step == num_steps
-          if save_now or eval_now:  # read at once: every step since the last log is checked before any is kept
-            read_and_log((step, sums, n_sums))
-            sums, n_sums = None, 0
-          elif step % config.log_every_steps == 0:
-            unread, sums, n_sums = (step, sums, n_sums), None, 0
-          if save_now:
-            checkpointing.save(mngr, step, state, arch)
-          if preempted:
-            mngr.wait_until_finished()
-            raise Preempted(step, num_steps, mngr.directory)
-          if eval_now:
-            results = run_eval(step, record=True)
-            progress.restart(step)  # keep eval time out of the throughput figure
-    finally:  # also on errors: let the last good checkpoint finish writing
-      profile.close()
-      mngr.wait_until_finished()
-      mngr.close()
-  except (OSError, ValueError) as e:
-    if 'No space left on device' not in str(e):
-      raise
-    raise OSError(errno.ENOSPC, f'the disk of {mngr.directory} filled up while saving a checkpoint; the '
-                  f'last complete one (step {mngr.latest_step()}) is intact. Free space and run the same '
-                  f'command again to resume from it.') from None
+def evaluate(run: Run, record: bool) -> dict[str, float]:
+  """The current parameters over the whole eval split; logged, and written to the metrics if `record`."""
+  results = evaluation.evaluate(run.eval_fn, run.state.params, run.config, run.mesh)
+  if record:
+    run.writer.write(run.step, 'eval', results)
+  metric_writer.log(f'eval at step {run.step}: loss {results["loss"]:.4f} top1 {results["top1"]:.4f} '
+                    f'top5 {results["top5"]:.4f} ({int(results["num_examples"])} examples)')
   return results
 
 
-def log_train_metrics(writer: metric_writer.MetricWriter, progress: metric_writer.Progress, step: int,
-                      num_steps: int, steps_per_epoch: int, sums: dict[str, np.ndarray], n_sums: int,
-                      learning_rate: float, mngr) -> None:
-  """Writes the mean train metrics of the last `n_sums` steps (`sums`, on the host); stops the run if any
-  of those steps had a non-finite loss, gradient or parameter."""
+def train(run: Run, profile: metric_writer.ProfileWindow) -> dict[str, float]:
+  """Steps `run` to its last step, saving, evaluating and logging on the way; the final evaluation.
+
+  Step t+1 is dispatched before step t's metrics are read (`unread`), except at save and eval steps,
+  where every step since the last log is checked before anything is kept.
+  """
+  c = run.config
+  done = progress.Progress(run.num_steps, run.step, every_s=None)
+  eval_every = max(1, optim.epochs_to_steps(c.eval_every_epochs, run.steps_per_epoch))
+  sums, unread, results = None, None, {}
+  wait = parallel.one_step_in_flight()  # several CPU devices only: see `parallel.one_step_in_flight`
+  with PreemptionWatch(run.mngr) as preemption:
+    while run.step < run.num_steps:
+      profile.before_step(run.step)
+      run.state, metrics = run.train_fn(run.state, parallel.global_batch(run.mesh, next(run.batches)))
+      if wait:
+        jax.block_until_ready(metrics)
+      if unread is not None:  # the last log step's metrics, read now that the next step is queued
+        log_train_metrics(run, done, *unread)
+        unread = None
+      sums, run.step = steps.accumulate(sums, metrics), run.step + 1
+      profile.after_step(run.step, run.state)
+      preempted = preemption.reached(run.step)
+      save_now = run.step % c.checkpoint_every_steps == 0 or run.step == run.num_steps or preempted
+      eval_now = run.step % eval_every == 0 or run.step == run.num_steps
+      if save_now or eval_now:
+        log_train_metrics(run, done, run.step, sums)
+      elif run.step % c.log_every_steps == 0:
+        unread = (run.step, sums)
+      if save_now or eval_now or unread is not None:
+        sums = None
+      if save_now:
+        checkpointing.save(run.mngr, run.step, run.state, run.arch)
+      if preempted:
+        run.mngr.wait_until_finished()
+        raise Preempted(run.step, run.num_steps, run.mngr.directory)
+      if eval_now:
+        results = evaluate(run, record=True)
+        done.restart()  # keep eval time out of the throughput figure
+  return results
+
+
+def _disk_full(error: BaseException | None) -> bool:
+  """Whether `error` or an exception it was raised from is an `OSError` with `errno.ENOSPC`, or (TensorStore
+  and Orbax keep only the message of the `OSError` below them) carries its message."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or 'No space left on device' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+@contextlib.contextmanager
+def closing_checkpoints(mngr: ocp.CheckpointManager) -> Iterator[None]:
+  """Waits for the last checkpoint and closes `mngr` however the block ends; a full disk while saving
+  becomes one `OSError` that says the previous checkpoint is intact."""
+  try:
+    yield
+  except (OSError, ValueError) as e:
+    if not _disk_full(e):
+      raise
+    mngr.wait_until_finished()
+    kept = mngr.latest_step()
+    raise OSError(errno.ENOSPC, f'the disk of {mngr.directory} filled up while saving a checkpoint; '
+                  + (f'the last complete one (step {kept}) is intact. ' if kept is not None else 'no checkpoint '
+                     'was complete yet. ') + 'Free space and run the same command again.') from None
+  finally:  # also on errors: let the last good checkpoint finish writing
+    mngr.wait_until_finished()
+    mngr.close()
+
+
+def log_train_metrics(run: Run, done: progress.Progress, step: int, sums: dict[str, jax.Array]) -> None:
+  """Reads the train metrics summed since the last log (one `jax.device_get`) and writes their means; stops the
+  run if any of those steps had a non-finite loss, gradient or parameter."""
+  sums = jax.device_get(sums)
+  n_sums = int(sums.pop('steps'))
   first_bad = int(sums.pop('first_nonfinite_step'))
   if first_bad != steps.NO_BAD_STEP:
     raise FloatingPointError(
         f'non-finite loss, gradients or parameters at step {first_bad} (first of steps {step - n_sums + 1}-{step}); '
-        f'nothing was saved after it and the last good checkpoint (step {mngr.latest_step()}) in {mngr.directory} '
-        f'is kept. Lower config.optim.learning_rate, check the input data, or set '
+        f'nothing was saved after it and the last good checkpoint (step {run.mngr.latest_step()}) in '
+        f'{run.mngr.directory} is kept. Lower config.optim.learning_rate, check the input data, or set '
         f'--config.skip_nonfinite_steps=True to skip such batches.')
   sums = {k: float(v) for k, v in sums.items()}
   skipped = sums.pop('skipped', 0.0)
-  n_good = max(n_sums - skipped, 1)
-  means = {k: v / n_good for k, v in sums.items()}
-  means['learning_rate'] = learning_rate
+  means = {k: v / max(n_sums - skipped, 1) for k, v in sums.items()}
+  means['learning_rate'] = float(jax.device_get(run.learning_rate(jax.device_put(step - 1))))
   if skipped:
     means['skipped_steps'] = skipped
-  writer.write(step, 'train', means)
-  images_per_s, eta = progress.report(step)
-  metric_writer.log(f'step {step}/{num_steps} (epoch {step / steps_per_epoch:.1f}) loss {means["loss"]:.4f} '
+  run.writer.write(step, 'train', means)
+  done.update(step)
+  images_per_s, eta = done.rate() * run.config.batch_size, done.eta()
+  done.restart()  # the next line's rate: the steps since this one
+  metric_writer.log(f'step {step}/{run.num_steps} (epoch {step / run.steps_per_epoch:.1f}) loss {means["loss"]:.4f} '
                     f'top1 {means["top1"]:.3f} | {images_per_s:,.0f} img/s | {eta}'
                     + (f' | {int(skipped)} non-finite batch(es) skipped' if skipped else ''))

@@ -1,15 +1,16 @@
-"""Where metrics go: `WORKDIR/metrics.jsonl`, TensorBoard event files, a console line with ETA, profiler traces.
+"""Where metrics go: `WORKDIR/metrics.jsonl`, TensorBoard event files, the console (process 0), profiler traces.
 
-Every file goes through `tf.io.gfile`, so the workdir may be any path TensorFlow's file systems take:
-local, `gs://`, ...
+Every file goes through `paths` (`tf.io.gfile`), so the workdir may be any path TensorFlow's file systems
+take: local, `gs://`, ...
 """
 from __future__ import annotations
 
 import json
-import time
 
 import jax
 import tensorflow as tf
+
+from zfnet_jax import paths
 
 
 def log(msg: str) -> None:
@@ -18,9 +19,19 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def join(directory: str, *names: str) -> str:
-  """`directory/name/...` for local and `scheme://` paths alike (`os.path` would mangle neither, but is local)."""
-  return '/'.join([directory.rstrip('/'), *names])
+def read_records(path: str) -> list[dict]:
+  """The records of a `metrics.jsonl` (local or `gs://`), in file order; [] if there is none yet."""
+  if not paths.exists(path):
+    return []
+  return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
+
+
+def read_curves(workdir: str) -> dict[str, list[dict]]:
+  """`WORKDIR/metrics.jsonl` split by `split` (`train`, `eval`): each split's records in step order."""
+  curves: dict[str, list[dict]] = {}
+  for record in read_records(paths.join(workdir, 'metrics.jsonl')):
+    curves.setdefault(record.get('split', 'train'), []).append(record)
+  return curves
 
 
 class MetricWriter:
@@ -31,9 +42,9 @@ class MetricWriter:
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
-    self.path = join(workdir, 'metrics.jsonl')
+    self.path = paths.join(workdir, 'metrics.jsonl')
     self._tb = {}
-    self._tb_dir = join(workdir, 'tensorboard')
+    self._tb_dir = paths.join(workdir, 'tensorboard')
 
   def drop_after(self, step: int) -> None:
     """Forgets records past `step`, those of a run that died after its last checkpoint and are now redone:
@@ -41,28 +52,23 @@ class MetricWriter:
     if not self.enabled:
       return
     # each file is rewritten to a temporary one and renamed over it: a crash leaves the old or the new
-    if tf.io.gfile.exists(self.path):
-      with tf.io.gfile.GFile(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-      with tf.io.gfile.GFile(self.path + '.tmp', 'w') as f:
-        f.write(''.join(kept))
-      tf.io.gfile.rename(self.path + '.tmp', self.path, overwrite=True)
-    for events_file in tf.io.gfile.glob(join(self._tb_dir, '*', '*tfevents*')):
+    if paths.exists(self.path):
+      paths.write_text(self.path, ''.join(json.dumps(r) + '\n' for r in read_records(self.path) if r['step'] <= step))
+    for events_file in paths.glob(paths.join(self._tb_dir, '*', '*tfevents*')):
       records = tf.data.TFRecordDataset(events_file).as_numpy_iterator()
       with tf.io.TFRecordWriter(events_file + '.tmp') as f:
         for r in records:
           if tf.compat.v1.Event.FromString(r).step <= step:
             f.write(r)
-      tf.io.gfile.rename(events_file + '.tmp', events_file, overwrite=True)
+      paths.replace(events_file + '.tmp', events_file)
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
     record = {'step': int(step), 'split': split, **{k: float(v) for k, v in metrics.items()}}
-    with tf.io.gfile.GFile(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    paths.append_text(self.path, json.dumps(record) + '\n')
     if split not in self._tb:
-      self._tb[split] = tf.summary.create_file_writer(join(self._tb_dir, split))
+      self._tb[split] = tf.summary.create_file_writer(paths.join(self._tb_dir, split))
     with self._tb[split].as_default():
       for k, v in metrics.items():
         tf.summary.scalar(k, float(v), step=int(step))
@@ -76,7 +82,7 @@ class ProfileWindow:
     if (first, last) != (0, 0) and not 1 <= first <= last:
       raise ValueError(f'config.profile_steps=({first}, {last}) must be (0, 0) (off) or (first, last) with '
                        f'1 <= first <= last, e.g. --config.profile_steps=10,15')
-    self._dir, self._first, self._last, self._active = join(workdir, 'profile'), first, last, False
+    self._dir, self._first, self._last, self._active = paths.join(workdir, 'profile'), first, last, False
 
   def before_step(self, step: int) -> None:
     """Called with the number of steps done before dispatching the next one."""
@@ -94,30 +100,3 @@ class ProfileWindow:
     if self._active:
       jax.profiler.stop_trace()
       self._active = False
-
-
-def format_duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f'{h}h{m:02d}m{s:02d}s' if h else (f'{m}m{s:02d}s' if m else f'{s}s')
-
-
-class Progress:
-  """Throughput and ETA over the steps since the last report."""
-
-  def __init__(self, total_steps: int, start_step: int, images_per_step: int):
-    self.total_steps = total_steps
-    self.images_per_step = images_per_step
-    self.restart(start_step)
-
-  def restart(self, step: int) -> None:
-    """Measures from `step` and now on (e.g. after an evaluation, to keep it out of the figures)."""
-    self._step, self._time = step, time.perf_counter()
-
-  def report(self, step: int) -> tuple[float, str]:
-    """`(images_per_second, 'ETA ...')` since the last call."""
-    steps_per_s = (step - self._step) / max(time.perf_counter() - self._time, 1e-9)
-    self.restart(step)
-    eta = format_duration((self.total_steps - step) / steps_per_s) if steps_per_s > 0 else '?'
-    return steps_per_s * self.images_per_step, f'ETA {eta}'

@@ -11,16 +11,21 @@ import optax
 SCHEDULES = ('piecewise', 'cosine', 'constant')
 
 
+def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
+  """A span in epochs as whole steps, to the nearest step: the one epoch -> step conversion of a run."""
+  return int(round(epochs * steps_per_epoch))
+
+
 def learning_rate_schedule(o: ml_collections.ConfigDict, steps_per_epoch: int, num_steps: int) -> optax.Schedule:
   """`config.optim`'s schedule over `num_steps` steps, with optional linear warm-up from 0."""
   if o.schedule not in SCHEDULES:
     raise ValueError(f'config.optim.schedule must be one of {SCHEDULES}, got {o.schedule!r}')
-  warmup = int(o.warmup_epochs * steps_per_epoch)
+  warmup = epochs_to_steps(o.warmup_epochs, steps_per_epoch)
   if o.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, warmup, max(num_steps, warmup + 1))
   if o.schedule == 'piecewise':
     main = optax.piecewise_constant_schedule(
-        o.learning_rate, {int(e * steps_per_epoch) - warmup: 0.1 for e in o.decay_epochs})
+        o.learning_rate, {epochs_to_steps(e, steps_per_epoch) - warmup: 0.1 for e in o.decay_epochs})
   else:
     main = optax.constant_schedule(o.learning_rate)
   if not warmup:

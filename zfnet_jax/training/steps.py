@@ -1,8 +1,8 @@
-"""The train and eval steps as pure functions, and their jitted, sharded forms over a device mesh.
+"""The train step as a pure function, and its jitted, sharded form over a device mesh (`parallel`).
 
-Data parallelism with `jax.jit`: the global batch is sharded over the `data` axis of a 1-D mesh of
-every device of every host; parameters and optimiser state are replicated. Losses are means over the
-global batch, so XLA's all-reduce averages gradients over all devices.
+The global batch is sharded over the `data` axis of a 1-D mesh of every device of every host;
+parameters and optimiser state are replicated. Losses are means over the global batch, so XLA's
+all-reduce averages gradients over all devices. The eval step is `evaluation.eval_step`.
 """
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
+from zfnet_jax import parallel
 from zfnet_jax.model import network
 from zfnet_jax.training import optim
 
-Batch = dict[str, jax.Array]
+Batch = parallel.Batch
 
 
 @flax.struct.dataclass
@@ -27,65 +28,6 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
-
-
-# XLA's CPU backend (jax 0.10) hands convolutions to YNNPACK by default, which runs them on one thread and
-# computes this network's strided convolutions and their weight gradients 2-5x slower than XLA's own
-# (Eigen) convolutions; docs/PERFORMANCE.md. Dots and reductions stay with YNNPACK, where they are faster.
-_CPU_COMPILER_OPTIONS = {
-    'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
-
-
-def compiler_options(mesh: Mesh) -> dict[str, str] | None:
-  """XLA options for jitting the network over `mesh`: on CPU, convolutions by Eigen rather than YNNPACK."""
-  return dict(_CPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == 'cpu' else None
-
-
-def one_step_in_flight() -> bool:
-  """Whether loops must wait for each step before dispatching the next: on several CPU devices.
-
-  XLA's CPU client runs every device's part of a step on one shared thread pool; steps queued ahead
-  (async dispatch) can hold its threads while a collective of an earlier step waits for participants
-  that never get one, and the process hangs (seen with 8 host-platform devices on 2 cores).
-  Accelerators keep the queue.
-  """
-  return jax.local_device_count() > 1 and jax.local_devices()[0].platform == 'cpu'
-
-
-def make_mesh(devices: list | None = None) -> Mesh:
-  """A 1-D `data` mesh over `devices` (default: every device of every process)."""
-  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ('data',))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  """The sharding of parameters, optimiser state and metrics: a full copy on every device of `mesh`."""
-  return NamedSharding(mesh, P())
-
-
-def device_key(seed: int, mesh: Mesh) -> jax.Array:
-  """`jax.random.key(seed)` made on the devices of `mesh` (replicated): no host-to-device transfer."""
-  return jax.jit(jax.random.key, static_argnums=0, out_shardings=replicated(mesh))(seed)
-
-
-def global_batch(mesh: Mesh, host_batch: dict[str, np.ndarray]) -> Batch:
-  """Assembles the hosts' local batches into global arrays sharded over the `data` axis.
-
-  Each local device gets its rows by an explicit `jax.device_put` (what `JAX_TRANSFER_GUARD=disallow`
-  allows; `jax.make_array_from_process_local_data` counts as implicit there). This process's devices
-  hold a contiguous block of the global batch, as on a `make_mesh` mesh.
-  """
-  sharding = NamedSharding(mesh, P('data'))
-  out = {}
-  for k, v in host_batch.items():
-    shape = (v.shape[0] * jax.process_count(), *v.shape[1:])
-    rows = {d: (idx[0].start or 0, idx[0].stop or shape[0]) for d, idx in
-            sharding.addressable_devices_indices_map(shape).items()}
-    first = min(start for start, _ in rows.values())
-    if max(stop for _, stop in rows.values()) - first != v.shape[0]:
-      raise ValueError(f'the {v.shape[0]} local rows of `{k}` do not match this process\'s devices on the mesh')
-    shards = [jax.device_put(v[start - first:stop - first], d) for d, (start, stop) in rows.items()]
-    out[k] = jax.make_array_from_single_device_arrays(shape, sharding, shards)
-  return out
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -153,7 +95,9 @@ def train_step(state: TrainState, batch: Batch, *, model: network.ConvNet, tx: o
 
 @jax.jit
 def accumulate(sums: dict[str, jax.Array] | None, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Running totals of `train_step` metrics on the device: sums, and the earliest `first_nonfinite_step`."""
+  """Running totals of `train_step` metrics on the device: sums, the earliest `first_nonfinite_step`, and
+  `steps`, how many were added."""
+  metrics = {**metrics, 'steps': jnp.ones((), jnp.int32)}
   if sums is None:
     return metrics
   return {k: jnp.minimum(sums[k], v) if k == 'first_nonfinite_step' else sums[k] + v for k, v in metrics.items()}
@@ -170,13 +114,13 @@ def jit_steps(mesh: Mesh, model: network.ConvNet, tx: optax.GradientTransformati
   """`(init, train)` jitted with explicit shardings; `train` donates the state it is given. `inputs`:
   `augment.train_inputs_fn(config, pixel_mean)`.
 
-  `init(rng) -> state` (replicated); `train(state, batch) -> (state, metrics)`. The eval step is
-  `evaluation.jit_eval_step`.
+  `init(key) -> state` (replicated; the key is `parallel.device_stream_key(seed, 'init', mesh)`);
+  `train(state, batch) -> (state, metrics)`, dropout drawn from the seed's `dropout` stream.
   """
-  copies, data = replicated(mesh), NamedSharding(mesh, P('data'))
-  options = compiler_options(mesh)
+  copies, data = parallel.replicated(mesh), parallel.sharded(mesh)
+  options = parallel.compiler_options(mesh)
   init = jax.jit(functools.partial(create_state, model, tx), in_shardings=copies, out_shardings=copies)
-  dropout_key = device_key(seed, mesh)
+  dropout_key = parallel.device_stream_key(seed, 'dropout', mesh)
   train = jax.jit(
       functools.partial(train_step, model=model, tx=tx, dropout_key=dropout_key,
                         filter_rms_radius=filter_rms_radius, inputs=inputs, skip_nonfinite=skip_nonfinite),
