@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import flags
 
-from zfnet_jax import config_lib
+from zfnet_jax import cli, config_lib
 from zfnet_jax.training import evaluation
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)
   FLAGS = flags.FLAGS
   r = evaluation.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, int(FLAGS.crops))
   print(f'{r["dataset"]} {r["split"]}, {r["num_examples"]} examples, {r["crops"]} crop(s), checkpoint step '
@@ -29,7 +26,7 @@ def main(argv: list[str]) -> None:
         f'(error {1 - r["top5"]:.2%}), loss {r["loss"]:.4f} -> {os.path.join(FLAGS.workdir, "eval.json")}')
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
   config_lib.define_config_flag('The config the checkpoint was trained (or imported) with.')
   flags.DEFINE_string('workdir', None, 'The workdir whose latest checkpoint is evaluated; eval.json '
                       'goes here.', required=True)
@@ -37,5 +34,4 @@ def _define_flags() -> None:
 
 
 if __name__ == '__main__':
-  _define_flags()
-  app.run(main, flags_parser=config_lib.parse_flags)
+  cli.run(main, define_flags)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import jax
 import ml_collections
 import numpy as np
+from absl import app, flags
 
-from zfnet_jax import config_lib
+from zfnet_jax import cli, config_lib
 from zfnet_jax.data import inputs, sources
 from zfnet_jax.model import inference
 from zfnet_jax.training import checkpointing
@@ -42,11 +43,9 @@ def top_k_lines(logits: np.ndarray, names: list[str] | None, k: int = TOP_K) -> 
 
 
 def main(argv: list[str]) -> None:
-  from absl import app, flags, logging
   paths = argv[1:]
   if not paths:
     raise app.UsageError('give one or more IMAGE files or preprocessed .npy arrays after the flags')
-  logging.set_verbosity(logging.WARNING)
   FLAGS = flags.FLAGS
   logits, step = predict(FLAGS.config, FLAGS.workdir, paths)
   names = sources.class_names(FLAGS.config)
@@ -59,14 +58,11 @@ def main(argv: list[str]) -> None:
     print(f'Logits {list(logits.shape)} -> {out}')
 
 
-def _define_flags() -> None:
-  from absl import flags
+def define_flags() -> None:
   config_lib.define_config_flag('The config the checkpoint was trained (or imported) with.')
   flags.DEFINE_string('workdir', None, 'The workdir whose latest checkpoint predicts.', required=True)
   flags.DEFINE_string('logits-out', None, 'Also save the raw logits [N, num_classes] to this .npy file.')
 
 
 if __name__ == '__main__':
-  from absl import app
-  _define_flags()
-  app.run(main, flags_parser=config_lib.parse_flags)
+  cli.run(main, define_flags, takes_arguments=True)

@@ -10,36 +10,31 @@ from __future__ import annotations
 
 import os
 
-from zfnet_jax import config_lib
+from absl import flags
+from ml_collections import config_flags
+
+from zfnet_jax import cli, config_lib
 from zfnet_jax.experiments import sweep
-from zfnet_jax.training import loop
 
 
 def main(argv: list[str]) -> None:
-  from absl import app, flags, logging
-  from ml_collections import config_flags
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)
   FLAGS = flags.FLAGS
   config_path = config_flags.get_config_filename(FLAGS['config'])
   overrides = config_flags.get_override_values(FLAGS['config'])
   seeds = [int(s) for s in FLAGS.seeds.split(',')]
+  variants = FLAGS.variants.split(',') if FLAGS.variants else None
   try:
-    variants = FLAGS.variants.split(',') if FLAGS.variants else None
-    rows = sweep.run(config_path, FLAGS.workdir, seeds, variants, overrides)
+    with cli.exit_when_preempted():  # the finished runs' results are written; the same command resumes
+      rows = sweep.run(config_path, FLAGS.workdir, seeds, variants, overrides)
   except sweep.SweepConfigError as e:
     raise SystemExit(f'error: {e}') from None
-  except loop.Preempted:  # the finished runs' results are written; the same command resumes
-    raise SystemExit(loop.PREEMPTED_EXIT_STATUS) from None
   for t in sweep.summary(rows):
     print(f'{t["variant"]:>16}: eval top-1 {100 * t["eval_top1_mean"]:.2f} +- {100 * t["eval_top1_std"]:.2f} %, '
           f'train top-1 {100 * t["train_top1_mean"]:.2f} %, {t["params"]:,} params ({t["seeds"]} seed(s))')
   print(f'-> {os.path.join(FLAGS.workdir, "results.csv")}, summary.csv, results.json, results.png')
 
 
-def _define_flags() -> None:
-  from absl import flags
+def define_flags() -> None:
   config_lib.define_config_flag('A sweep config: get_config() and get_variants(), e.g. '
                                 'configs/digits_ablations.py.')
   flags.DEFINE_string('workdir', None, 'Runs go to WORKDIR/VARIANT/seed_N; results.csv etc. to WORKDIR.',
@@ -49,6 +44,4 @@ def _define_flags() -> None:
 
 
 if __name__ == '__main__':
-  from absl import app
-  _define_flags()
-  app.run(main, flags_parser=config_lib.parse_flags)
+  cli.run(main, define_flags)

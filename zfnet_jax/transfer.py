@@ -20,31 +20,25 @@ from __future__ import annotations
 
 import os
 
-from zfnet_jax import config_lib
+from absl import flags
+
+from zfnet_jax import cli, config_lib
 from zfnet_jax.experiments import transfer
-from zfnet_jax.training import loop
 
 
 def main(argv: list[str]) -> None:
-  from absl import app, flags, logging
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)
   FLAGS = flags.FLAGS
   ints = lambda text: [int(v) for v in text.split(',') if v]
   source = FLAGS.config
   target = transfer.target_config(source, FLAGS.target, ints(FLAGS.target_classes), FLAGS.target_data_dir)
   protocol = transfer.Protocol(FLAGS.per_class, FLAGS.folds, FLAGS.test_cap or None, FLAGS.seed)
-  try:
+  with cli.exit_when_preempted():  # a preempted scratch run resumes when the same command runs again
     transfer.run(source, FLAGS.workdir, target, FLAGS.target_splits.split(','), protocol, ints(FLAGS.layers),
-        FLAGS.classifiers.split(','), FLAGS.scratch_steps, FLAGS.out, FLAGS.C)
-  except loop.Preempted:  # a scratch run was preempted after a checkpoint: the same command resumes it
-    raise SystemExit(loop.PREEMPTED_EXIT_STATUS) from None
+                 FLAGS.classifiers.split(','), FLAGS.scratch_steps, FLAGS.out, FLAGS.C)
   print(f'-> {os.path.join(FLAGS.out, "results.csv")}, results.json, results.png')
 
 
-def _define_flags() -> None:
-  from absl import flags
+def define_flags() -> None:
   config_lib.define_config_flag('The config the frozen network was trained with.')
   flags.DEFINE_string('workdir', None, 'The frozen network\'s workdir (its latest checkpoint).', required=True)
   flags.DEFINE_string('out', None, 'Where results.csv, results.json, results.png and scratch runs go.',
@@ -66,6 +60,4 @@ def _define_flags() -> None:
 
 
 if __name__ == '__main__':
-  from absl import app
-  _define_flags()
-  app.run(main, flags_parser=config_lib.parse_flags)
+  cli.run(main, define_flags)

@@ -128,7 +128,8 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, proces
 
 
 def eval_batches(config: ml_collections.ConfigDict, split_name: str | None = None, process_index: int = 0,
-                 process_count: int = 1, squares_only: bool = False) -> tuple[Iterator[dict[str, np.ndarray]], int, int]:
+                 process_count: int = 1,
+                 squares_only: bool = False) -> tuple[Iterator[dict[str, np.ndarray]], int, int]:
   """This host's evaluation batches: a fixed number of steps, padded with `mask == 0` examples.
 
   With `squares_only` the images are the uint8 squares `[b, R, R, C]` (the eval step crops and normalises

@@ -63,7 +63,8 @@ class ZfnetSquares(tfds.core.GeneratorBasedBuilder):
     return self.dataset_info_from_configs(
         description=__doc__,
         disable_shuffling=True,  # records in generation order: labels-SPLIT.npy lines up with them
-        features=tfds.features.FeaturesDict({'image': image, 'label': tfds.features.ClassLabel(num_classes=c.num_classes)}))
+        features=tfds.features.FeaturesDict(
+            {'image': image, 'label': tfds.features.ClassLabel(num_classes=c.num_classes)}))
 
   def _split_generators(self, dl_manager):
     c = self.builder_config
@@ -119,7 +120,8 @@ def builder(config: ml_collections.ConfigDict) -> ZfnetSquares:
   root = sources.folder_root(d.name)
   if root is not None:
     root = os.path.abspath(root)
-    base = f'folder_{re.sub(r"[^a-z0-9]+", "_", os.path.basename(root).lower())}_{hashlib.sha1(root.encode()).hexdigest()[:8]}'
+    slug = re.sub(r'[^a-z0-9]+', '_', os.path.basename(root).lower())
+    base = f'folder_{slug}_{hashlib.sha1(root.encode()).hexdigest()[:8]}'
   else:
     base = re.sub(r'[^a-z0-9]+', '_', d.name.lower())
   channels = config.model.in_channels
