@@ -62,9 +62,10 @@ def replace(source: str, target: str) -> None:
   tf.io.gfile.rename(source, target, overwrite=True)
 
 
-def write_text(path: str, text: str) -> None:
-  """Writes `text` to a temporary file and renames it over `path`: a crash leaves the old file or the new."""
-  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+def write_text(path: str, text: str | bytes) -> None:
+  """Writes `text` (or bytes) to a temporary file and renames it over `path`: a crash leaves the old file or
+  the new."""
+  with tf.io.gfile.GFile(path + '.tmp', 'wb' if isinstance(text, bytes) else 'w') as f:
     f.write(text)
   replace(path + '.tmp', path)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 import os
 import time
@@ -26,13 +27,10 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 from matplotlib.figure import Figure
 
-from zfnet_jax import config_lib, parallel
-from zfnet_jax.data import augment, squares
-from zfnet_jax.model import network
-from zfnet_jax.training import checkpointing, evaluation, loop, metric_writer
+from zfnet_jax import config_lib, paths
+from zfnet_jax.training import evaluation, loop, metric_writer
 
 COLUMNS = ('variant', 'seed', 'train_top1', 'eval_top1', 'eval_top5', 'eval_loss', 'params', 'steps', 'seconds',
            'workdir')
@@ -63,23 +61,12 @@ def run_config(config_path: str, overrides: dict[str, Any], variant: dict[str, A
   return config_lib.load(config_path, {**overrides, **variant, 'seed': seed})
 
 
-def split_metrics(config: ml_collections.ConfigDict, workdir: str, split: str) -> tuple[dict[str, float], int, int]:
-  """`(metrics, params, step)`: loss/top-1/top-5 of the latest checkpoint over the whole `split`."""
-  model, params, step = checkpointing.load_params(config, workdir)
-  mesh = parallel.make_mesh()
-  params = jax.device_put(params, NamedSharding(mesh, P()))
-  eval_fn = evaluation.jit_eval_step(mesh, model, augment.normalize_fn(config, squares.pixel_mean(config)))
-  metrics = evaluation.evaluate(eval_fn, params, config, mesh, split)
-  return metrics, network.count_params(params), step
-
-
 def read_result(run_dir: str, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
   """The finished row in `run_dir`, or None if the run is unfinished or was made by another config."""
-  path = os.path.join(run_dir, RESULT_FILE)
-  if not os.path.exists(path):
+  path = paths.join(run_dir, RESULT_FILE)
+  if not paths.exists(path):
     return None
-  with open(path) as f:
-    saved = json.load(f)
+  saved = paths.read_json(path)
   if saved['config'] != json.loads(config.to_json()):
     metric_writer.log(f'{run_dir}: the config changed since {RESULT_FILE} was written; training again')
     return None
@@ -95,13 +82,12 @@ def run_one(config: ml_collections.ConfigDict, run_dir: str, variant: str) -> di
   metric_writer.log(f'{variant} seed {config.seed}: training in {run_dir}')
   start = time.perf_counter()
   final = loop.train_and_evaluate(config, run_dir)
-  train_metrics, num_params, step = split_metrics(config, run_dir, config.dataset.train_split)
+  train_metrics, step, num_params = evaluation.score_checkpoint(config, run_dir, config.dataset.train_split)
   row = {'variant': variant, 'seed': int(config.seed), 'train_top1': train_metrics['top1'],
          'eval_top1': final['top1'], 'eval_top5': final['top5'], 'eval_loss': final['loss'], 'params': num_params,
          'steps': step, 'seconds': round(time.perf_counter() - start, 1), 'workdir': run_dir}
   if jax.process_index() == 0:
-    with open(os.path.join(run_dir, RESULT_FILE), 'w') as f:
-      json.dump({'row': row, 'config': json.loads(config.to_json())}, f, indent=2)
+    paths.write_json(paths.join(run_dir, RESULT_FILE), {'row': row, 'config': json.loads(config.to_json())}, indent=2)
   return row
 
 
@@ -125,7 +111,7 @@ def run(config_path: str, workdir: str, seeds: Sequence[int] = (0,), variants: S
   rows = []
   try:
     for (name, seed), config in configs.items():
-      rows.append(run_one(config, os.path.join(workdir, name, f'seed_{seed}'), name))
+      rows.append(run_one(config, paths.join(workdir, name, f'seed_{seed}'), name))
   except loop.Preempted:
     metric_writer.log('Stopped by SIGTERM; run the same command again to finish the sweep.')
     raise
@@ -151,27 +137,33 @@ def summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_results(rows: Sequence[dict[str, Any]], workdir: str) -> None:
   """`results.csv`, `results.json`, `summary.csv` and `results.png` in `workdir`."""
-  os.makedirs(workdir, exist_ok=True)
-  write_csv(rows, os.path.join(workdir, 'results.csv'), COLUMNS)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(list(rows), f, indent=2)
+  paths.makedirs(workdir)
+  write_csv(rows, paths.join(workdir, 'results.csv'), COLUMNS)
+  paths.write_json(paths.join(workdir, 'results.json'), list(rows), indent=2)
   table = summary(rows)
-  write_csv(table, os.path.join(workdir, 'summary.csv'), tuple(table[0]))
-  plot(rows, os.path.join(workdir, 'results.png'))
+  write_csv(table, paths.join(workdir, 'summary.csv'), tuple(table[0]))
+  save_figure(plot(rows), paths.join(workdir, 'results.png'))
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str, columns: Sequence[str]) -> None:
-  with open(path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction='ignore')
-    writer.writeheader()
-    writer.writerows(rows)
+  """`rows` as CSV with a header of `columns` (other keys left out), local or `gs://`."""
+  text = io.StringIO(newline='')
+  writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction='ignore')
+  writer.writeheader()
+  writer.writerows(rows)
+  paths.write_text(path, text.getvalue())
 
 
-def plot(rows: Sequence[dict[str, Any]], path: str | None = None, title: str = '') -> Figure:
+def save_figure(fig: Figure, path: str) -> None:
+  """A matplotlib figure as a PNG at `path` (local or `gs://`)."""
+  data = io.BytesIO()
+  fig.savefig(data, format='png', dpi=120)
+  paths.write_text(path, data.getvalue())
+
+
+def plot(rows: Sequence[dict[str, Any]], title: str = '') -> Figure:
   """Top-1 error (%) per variant: each seed a dot, the mean a bar; eval split filled, train split hollow.
-  The error axis is linear up to 1% and logarithmic above.
-
-  Returns the figure (a notebook shows it inline); saves it to `path` if given.
+  The error axis is linear up to 1% and logarithmic above. A notebook shows the figure inline.
   """
   table = summary(rows)
   names = [t['variant'] for t in table]
@@ -196,6 +188,4 @@ def plot(rows: Sequence[dict[str, Any]], path: str | None = None, title: str = '
   ax.set_title(title or f'{len(rows)} runs; dots: one seed each')
   ax.legend(fontsize=8)
   fig.tight_layout()
-  if path:
-    fig.savefig(path, dpi=120)
   return fig

@@ -28,6 +28,7 @@ import numpy as np
 import PIL.Image
 from matplotlib.figure import Figure
 
+from zfnet_jax import paths
 from zfnet_jax.data import pipeline, sources
 from zfnet_jax.experiments import sweep
 from zfnet_jax.model import inference, network
@@ -272,22 +273,22 @@ def run(source: ml_collections.ConfigDict, workdir: str, target: ml_collections.
     metric_writer.log(f'trained from scratch: {100 * rows[-1]["mean_per_class_accuracy"]:.1f} +- '
                       f'{100 * rows[-1]["std"]:.1f} %')
   if out:
-    os.makedirs(out, exist_ok=True)
-    sweep.write_csv(rows, os.path.join(out, 'results.csv'), COLUMNS)
-    with open(os.path.join(out, 'results.json'), 'w') as f:
-      json.dump({'source': {'workdir': workdir, 'checkpoint_step': step, 'dataset': source.dataset.name,
-                            'classes': list(source.dataset.classes)},
-                 'target': {'dataset': target.dataset.name, 'classes': list(target.dataset.classes),
-                            'splits': list(splits), 'examples': int(len(labels))},
-                 'protocol': dataclasses.asdict(protocol), 'rows': rows}, f, indent=2)
-    plot(rows, os.path.join(out, 'results.png'))
+    paths.makedirs(out)
+    sweep.write_csv(rows, paths.join(out, 'results.csv'), COLUMNS)
+    paths.write_json(paths.join(out, 'results.json'), {
+        'source': {'workdir': workdir, 'checkpoint_step': step, 'dataset': source.dataset.name,
+                   'classes': list(source.dataset.classes)},
+        'target': {'dataset': target.dataset.name, 'classes': list(target.dataset.classes),
+                   'splits': list(splits), 'examples': int(len(labels))},
+        'protocol': dataclasses.asdict(protocol), 'rows': rows}, indent=2)
+    sweep.save_figure(plot(rows), paths.join(out, 'results.png'))
   return rows
 
 
-def plot(rows: Sequence[dict[str, Any]], path: str | None = None, title: str = '', ax: Any = None) -> Figure:
+def plot(rows: Sequence[dict[str, Any]], title: str = '', ax: Any = None) -> Figure:
   """Mean per-class accuracy (%) against layer, one line per classifier (error bars: std over folds); the
   from-scratch baseline as a dashed line. Draws into `ax` if given (e.g. a notebook's subplot), else into a
-  new figure; saves the figure to `path` if given and returns it."""
+  new figure, and returns the figure."""
   fig = ax.figure if ax is not None else Figure(figsize=(5.5, 3.5))
   ax = ax if ax is not None else fig.subplots()
   for classifier in dict.fromkeys(r['classifier'] for r in rows if r['layer'] is not None):
@@ -302,7 +303,5 @@ def plot(rows: Sequence[dict[str, Any]], path: str | None = None, title: str = '
   if rows:
     ax.set_title(title or f'{rows[0]["per_class"]} training images per class, {rows[0]["folds"]} folds')
   ax.legend(fontsize=8)
-  if path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+  fig.tight_layout()
   return fig

@@ -89,8 +89,9 @@ def evaluate(eval_fn: Callable, params: Any, config: ml_collections.ConfigDict, 
   return {**{k: v / count for k, v in sums.items()}, 'num_examples': count}
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_crops: int = 1) -> dict[str, Any]:
-  """Scores the latest checkpoint of `workdir` over the whole eval split; writes and returns `eval.json`'s record."""
+def score_checkpoint(config: ml_collections.ConfigDict, workdir: str, split: str | None = None,
+                     num_crops: int = 1) -> tuple[dict[str, float], int, int]:
+  """`(metrics, step, parameter count)`: `evaluate` of the latest checkpoint of `workdir` over `split`."""
   if num_crops not in CROP_MODES:
     raise ValueError(f'--crops must be one of {CROP_MODES}, got {num_crops}')
   parallel.check_batch_size('eval_batch_size', config.eval_batch_size)
@@ -98,10 +99,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_cro
   model, params, step = checkpointing.load_params(config, workdir)
   mesh = parallel.make_mesh()
   params = jax.device_put(params, parallel.replicated(mesh))
+  eval_fn = jit_eval_step(mesh, model, augment.normalize_fn(config, squares.pixel_mean(config)), num_crops)
+  return evaluate(eval_fn, params, config, mesh, split), step, network.count_params(params)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_crops: int = 1) -> dict[str, Any]:
+  """Scores the latest checkpoint of `workdir` over the whole eval split; writes and returns `eval.json`'s record."""
   split = config.dataset.eval_split
-  pixel_mean = squares.pixel_mean(config)
-  eval_fn = jit_eval_step(mesh, model, augment.normalize_fn(config, pixel_mean), num_crops)
-  results = evaluate(eval_fn, params, config, mesh, split)
+  results, step, _ = score_checkpoint(config, workdir, split, num_crops)
   record = {**{k: results[k] for k in ('top1', 'top5', 'loss')}, 'num_examples': int(results['num_examples']),
             'crops': num_crops, 'checkpoint_step': step, 'dataset': config.dataset.name, 'split': split}
   if jax.process_index() == 0:
