@@ -103,9 +103,14 @@ def accumulate(sums: dict[str, jax.Array] | None, metrics: dict[str, jax.Array])
   return {k: jnp.minimum(sums[k], v) if k == 'first_nonfinite_step' else sums[k] + v for k, v in metrics.items()}
 
 
-def create_state(model: network.ConvNet, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-  params = network.init_params(model, rng)
+def state_from_params(params: Any, tx: optax.GradientTransformation) -> TrainState:
+  """Step 0 of training from `params`: a fresh optimiser state for them."""
   return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+
+def create_state(model: network.ConvNet, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  """Step 0 of training from freshly initialised parameters."""
+  return state_from_params(network.init_params(model, rng), tx)
 
 
 def jit_steps(mesh: Mesh, model: network.ConvNet, tx: optax.GradientTransformation, seed: int,

@@ -1,0 +1,111 @@
+"""Weights files in and out of checkpoints, in pytorchcv's state-dict layout (`model.pytorchcv`).
+
+`import_weights` reads `.pth`/`.pt` (PyTorch, imported only then) or `.safetensors` and writes step 0 of an
+Orbax checkpoint (the weights and a fresh optimiser state) that train fine-tunes from and evaluate,
+predict and visualize read as they are. `export_weights` writes a workdir's latest checkpoint as
+`.safetensors` with the config, the architecture and the step as metadata; importing such a file checks
+its architecture against the config's with the one rule checkpoints use (`network.architecture_differences`).
+Workdirs may be local or `gs://`; weights files are local.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from zfnet_jax import paths
+from zfnet_jax.model import network, pytorchcv
+from zfnet_jax.training import checkpointing, optim, steps
+
+TORCH_SUFFIXES = ('.pth', '.pt')
+SAFETENSORS_SUFFIX = '.safetensors'
+
+
+def _local(path: str) -> None:
+  if '://' in path:
+    raise ValueError(f'{path}: weights files are read and written on local disk; copy it there first '
+                     f'(e.g. `gcloud storage cp`)')
+
+
+def _import_torch():
+  try:
+    import torch
+  except ImportError:
+    raise ImportError('reading .pth/.pt files needs PyTorch: `pip install torch` (the CPU build is enough), or '
+                      'convert the file to .safetensors where PyTorch is installed') from None
+  return torch
+
+
+def read_state_dict(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """`(tensors, metadata)` of a `.safetensors` file, or of a `.pth`/`.pt` PyTorch state dict (no metadata)."""
+  _local(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'no weights file {path!r}')
+  if path.endswith(SAFETENSORS_SUFFIX):
+    from safetensors import safe_open
+    with safe_open(path, framework='np') as f:
+      return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+  if path.endswith(TORCH_SUFFIXES):
+    torch = _import_torch()
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+      raise ValueError(f'{path} is not a state dict (a mapping of parameter names to tensors): save '
+                       f'`model.state_dict()` with torch.save')
+    return {k: v.detach().to(torch.float32).numpy() for k, v in state.items()}, {}
+  raise ValueError(f'{path}: weights files are {", ".join(TORCH_SUFFIXES)} (PyTorch) or {SAFETENSORS_SUFFIX}')
+
+
+def import_weights(path: str, config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes the weights of `path` as step 0 of a checkpoint in the fresh `workdir`; returns its checkpoint
+  directory.
+
+  Everything is read and checked before the workdir is touched: a failed import writes nothing.
+
+  Raises:
+    FileExistsError: the workdir already holds checkpoints.
+    checkpointing.ArchitectureMismatchError: a file exported here from another network than the config's.
+    foreign.StateDictMismatchError, foreign.NotExpressibleError: see `pytorchcv.from_state_dict`.
+  """
+  ckpt_dir = checkpointing.directory(workdir)
+  if paths.listdir(ckpt_dir):
+    raise FileExistsError(f'{ckpt_dir} already holds checkpoints; nothing was imported. Import into a fresh '
+                          f'--workdir (train, evaluate and predict read the latest checkpoint of a workdir).')
+  model = network.create_model(config)
+  tensors, metadata = read_state_dict(path)
+  if 'architecture' in metadata:  # exported here: the architecture it was exported from
+    differences = network.architecture_differences(json.loads(metadata['architecture']), model.arch)
+    if differences:
+      raise checkpointing.ArchitectureMismatchError(
+          f'{path} was exported from a different network than the config describes:\n  ' + '\n  '.join(differences)
+          + '\nImport it with the config it was exported with (its metadata field "config" holds it).')
+  params = jax.tree_util.tree_map(jnp.asarray, pytorchcv.from_state_dict(tensors, model.arch, path))
+  # the schedule only shapes the optimiser state here; train builds the real one when it resumes
+  tx = optim.create_optimizer(config.optim, optax.constant_schedule(config.optim.learning_rate))
+  mngr = checkpointing.manager(workdir, config.keep_checkpoints)
+  checkpointing.save(mngr, 0, steps.state_from_params(params, tx), model.arch)
+  mngr.wait_until_finished()
+  mngr.close()
+  return ckpt_dir
+
+
+def export_weights(config: ml_collections.ConfigDict, workdir: str, out: str) -> int:
+  """Writes the latest checkpoint of `workdir` to `out` (`.safetensors`, pytorchcv's layout); returns its step."""
+  _local(out)
+  if not out.endswith(SAFETENSORS_SUFFIX):
+    raise ValueError(f'--out {out!r}: export writes {SAFETENSORS_SUFFIX} files (PyTorch loads them with '
+                     f'safetensors.torch.load_file)')
+  from safetensors.numpy import save_file
+  model, params, step = checkpointing.load_params(config, workdir)
+  tensors = pytorchcv.to_state_dict(params, model.arch)
+  metadata = {'format': 'pt', 'config': config.to_json(), 'architecture': json.dumps(model.arch.to_dict()),
+              'checkpoint_step': str(step)}
+  tmp = out + '.tmp'
+  save_file(tensors, tmp, metadata=metadata)
+  os.replace(tmp, out)
+  return step
