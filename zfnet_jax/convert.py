@@ -11,9 +11,9 @@ checkpoint as `.safetensors` with the config and architecture as metadata. The l
 """
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from zfnet_jax import config_lib
+from zfnet_jax import cli, config_lib
 from zfnet_jax.training import weights
 
 USAGE = ('usage:\n  python -m zfnet_jax.convert import --from FILE.pth|.pt|.safetensors --config CFG --workdir DIR\n'
@@ -21,7 +21,6 @@ USAGE = ('usage:\n  python -m zfnet_jax.convert import --from FILE.pth|.pt|.safe
 
 
 def main(argv: list[str]) -> None:
-  logging.set_verbosity(logging.WARNING)
   FLAGS = flags.FLAGS
   command = argv[1:]
   if command not in (['import'], ['export']):
@@ -38,7 +37,7 @@ def main(argv: list[str]) -> None:
     print(f'Exported step {step} of {FLAGS.workdir} to {FLAGS.out}')
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
   config_lib.define_config_flag('The config that describes the network, e.g. '
                                 'configs/zfnet_paper.py for pytorchcv\'s zfnet.')
   flags.DEFINE_string('workdir', None, 'import: a fresh workdir to write the checkpoint to; export: the '
@@ -48,5 +47,4 @@ def _define_flags() -> None:
 
 
 if __name__ == '__main__':
-  _define_flags()
-  app.run(main, flags_parser=config_lib.parse_flags)
+  cli.run(main, define_flags, takes_arguments=True)
