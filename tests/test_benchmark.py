@@ -93,6 +93,14 @@ def test_harness_times_each_step_and_checks_its_options():
     harness.Options(config_path='c.py', warmup=-1)
 
 
+def test_harness_and_train_load_neither_tensorflow_nor_playwright():
+  code = ('import sys; from zfnet_jax import benchmarks; from zfnet_jax.benchmarks import harness, train; '
+          'print(sorted(m for m in ("tensorflow", "playwright", "orbax") if m in sys.modules))')
+  done = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.split() == ['[]']
+
+
 def test_synthetic_batch_is_sharded_uint8_squares_and_rejects_uneven_batches():
   config = tiny_digits()
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
