@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import flags
 
-from zfnet_jax import config_lib
+from zfnet_jax import cli, config_lib
 from zfnet_jax.benchmarks import BENCHMARKS, Options
 
 
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
     print(json.dumps(line), flush=True)
 
 
-def _define_flags() -> None:
+def define_flags() -> None:
   config_lib.define_config_flag('A config file in configs/, e.g. configs/default.py.')
   flags.DEFINE_integer('steps', Options.steps, 'Timed steps; the median step time is reported.')
   flags.DEFINE_integer('warmup', Options.warmup, 'Untimed steps after compilation.')
@@ -44,5 +44,4 @@ def _define_flags() -> None:
 
 
 if __name__ == '__main__':
-  _define_flags()
-  app.run(main, flags_parser=config_lib.parse_flags)
+  cli.run(main, define_flags, takes_arguments=True)
