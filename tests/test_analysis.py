@@ -1,4 +1,5 @@
-"""The analyses: streaming top-k, occlusion, correspondence, invariance transforms."""
+"""The analyses: streaming top-k (the one home of its numbers), Fig. 4's map choice, occlusion (the one
+home of its numbers), correspondence, invariance transforms."""
 import functools
 
 import jax
@@ -8,7 +9,7 @@ import pytest
 
 from conftest import config_path, record, small_net
 from zfnet_jax import benchmark, config_lib, parallel
-from zfnet_jax.interpret import correspondence, deconvnet, invariance, occlusion, topk
+from zfnet_jax.interpret import correspondence, deconvnet, evolution, invariance, occlusion, topk
 from zfnet_jax.model import network
 
 
@@ -75,13 +76,23 @@ def test_stream_topk_merges_batches_sharded_over_devices_and_project_topk_projec
       np.testing.assert_array_equal(patch, images[image, top:top + r, left:left + r])
 
 
-@pytest.mark.parametrize('layout,size,stride,local_fraction', [
-    ('floor', 20, 11, 0.5),  # conv1-pool2 on windows, the rest on whole maps
-    ('ceil_lrn', 13, 9, 0.9),  # partial pooling windows at the far edges
-    ('ceil_lrn', 13, 9, 0.0),  # everything on whole maps
+def test_evolution_maps_spread_evenly_over_those_that_fire():
+  value = np.asarray([-np.inf, 0.5, 0.0, 2.0, 1.0, 3.0, -1.0])[:, None]  # maps 1, 3, 4, 5 fire
+  top = topk.TopK(value, *(np.zeros((7, 1), np.int32) for _ in range(3)))
+  assert list(evolution.choose_maps(top, 2)) == [1, 5]
+  assert list(evolution.choose_maps(top, 3)) == [1, 3, 5]
+  assert list(evolution.choose_maps(top, 6)) == [0, 1, 2, 3, 4, 5]  # every map that fires, then the first dead
+  assert list(evolution.choose_maps(top, 0)) == list(evolution.choose_maps(top, 9)) == list(range(7))
+
+
+@pytest.mark.parametrize('layout,size,stride,local_fraction,removed', [
+    ('floor', 20, 11, 0.5, ()),  # conv1-pool2 on windows, the rest on whole maps
+    ('ceil_lrn', 13, 9, 0.9, ()),  # partial pooling windows at the far edges
+    ('ceil_lrn', 13, 9, 0.0, ()),  # everything on whole maps
+    ('floor', 20, 11, 0.5, (3, 4, 6, 7)),  # an ablated network: fewer conv steps, no fc hidden layers
 ])
-def test_occlusion_entries_equal_forward_passes_on_occluded_images(layout, size, stride, local_fraction):
-  model, params = small_net(layout)
+def test_occlusion_entries_equal_forward_passes_on_occluded_images(layout, size, stride, local_fraction, removed):
+  model, params = small_net(layout, **{'model.remove_layers': removed})
   arch = model.arch
   image = jnp.asarray(np.random.default_rng(2).normal(size=(arch.image_size,) * 2 + (1,)), jnp.float32)
   maps = jax.jit(functools.partial(occlusion.occlusion, model, size=size, stride=stride, chunk=16,

@@ -1,12 +1,15 @@
-"""The report site: built from a digits checkpoint and from a network without layers 3, 4, 6, 7, opened in
-headless Chromium (Debian's `chromium`, driven by Playwright) from file://."""
+"""The report site: built from a digits checkpoint and from a network without layers 3, 4, 6, 7 (two
+checkpoints: feature evolution), opened in headless Chromium (Debian's `chromium`, driven by Playwright)
+from file://."""
+import json
 import os
 
-import jax
 import numpy as np
 import pytest
+from PIL import Image
 
-from conftest import digits_config
+from conftest import digits_config, random_params
+from zfnet_jax import visualize
 from zfnet_jax.data import pipeline
 from zfnet_jax.interpret import report, site, topk
 from zfnet_jax.model import network
@@ -16,7 +19,8 @@ CHROMIUM = os.environ.get('ZFNET_CHROMIUM', '/usr/bin/chromium')
 
 
 def build_site(config, workdir, out, **options):
-  data = report.build(config, workdir, out, max_images=100, occlusion_images=2, invariance_images=2, **options)
+  run = visualize.load_run(config, workdir)  # as `visualize report` does: interpret/ reads no checkpoints
+  data = report.build(config, out, run, max_images=100, occlusion_images=2, invariance_images=2, **options)
   site.write_site(out, data)
   return data
 
@@ -30,14 +34,15 @@ def digits_report(trained_digits, tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def ablated_report(tfds_dir, tmp_path_factory):
-  """A random-initialised network without layers 3, 4, 6 and 7, saved as a checkpoint, and its report."""
+  """A random-initialised network without layers 3, 4, 6 and 7, saved as two checkpoints (different random
+  weights at steps 0 and 1), and its report."""
   config = digits_config(tfds_dir, model__remove_layers=(3, 4, 6, 7), model__conv_features=(8, 16, 12, 12, 24))
   model = network.create_model(config)
-  params = network.init_params(model, jax.random.PRNGKey(0))
   workdir = str(tmp_path_factory.mktemp('ablated'))
   mngr = checkpointing.manager(workdir)
-  checkpointing.save(mngr, 0, {'params': params}, model.arch)
-  mngr.wait_until_finished()
+  for step in (0, 1):
+    checkpointing.save(mngr, step, {'params': random_params(model, seed=step)}, model.arch)
+    mngr.wait_until_finished()
   mngr.close()
   out = os.path.join(workdir, 'report')
   return config, workdir, out, build_site(config, workdir, out)
@@ -47,13 +52,26 @@ def test_layer_data_is_the_top_k_of_every_unit(digits_report):
   """Every unit of every layer is on its page, with the values an independent `stream_topk` finds."""
   config, workdir, _, data = digits_report
   model, params, _ = checkpointing.load_params(config, workdir)
-  assert sorted(data['layers']) == [c.layer for c in model.arch.convs]
-  tops = topk.stream_topk(model, params, pipeline.split_batches(config, 'test', 100), [1, 5], k=9)
+  layers = [c.layer for c in model.arch.convs]
+  assert sorted(data['layers']) == layers
+  tops = topk.stream_topk(model, params, pipeline.split_batches(config, 'test', 100), layers, k=9)
   for n in (1, 5):
     value = np.asarray(data['layers'][n]['value'], np.float32)
     assert value.shape == (model.arch.convs[n - 1].features, 9)
     np.testing.assert_allclose(value, np.asarray(tops[n].value), rtol=1e-3, atol=1e-3)
     assert data['layers'][n]['dead'] == [bool(v <= 0) for v in np.asarray(tops[n].value)[:, 0]]
+
+
+def test_index_data_comes_from_the_run(digits_report):
+  """Curves and the evaluation from metrics.jsonl, the default occlusion square (image size / 7)."""
+  config, workdir, _, data = digits_report
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  evals = [r for r in records if r['split'] == 'eval']
+  assert data['curves']['eval'] == evals and data['eval'] == evals[-1]
+  assert len(data['curves']['train']) == sum(r['split'] == 'train' for r in records) > 0
+  assert [e['square'] for e in data['occlusion']] == [config.model.image_size // 7] * 2
+  assert data['evolution'] is None  # a single checkpoint
 
 
 def test_rebuild_reuses_parts_with_the_same_options(digits_report):
@@ -116,7 +134,14 @@ def test_pages_load_in_chromium(digits_report):
 
 def test_report_of_a_network_without_layers_3_4_6_7(ablated_report):
   config, _, out, data = ablated_report
-  assert data['evolution'] is None  # a single checkpoint
+  evolution = data['evolution']
+  assert evolution['steps'] == [0, 1] and sorted(evolution['layers'], key=int) == ['1', '2', '5']
+  for n, units in (('1', 8), ('2', 16), ('5', 24)):
+    channels = evolution['layers'][n]['channels']
+    assert len(channels) == 8 and channels == sorted(set(channels)) and max(channels) < units
+    side = report.tile_size(data['layers'][int(n)]['window'])  # a row per map, a column per checkpoint
+    sheet = Image.open(os.path.join(out, evolution['layers'][n]['sprite']))
+    assert sheet.size == (2 * (side + 2) - 2, 8 * (side + 2) - 2)
   # invariance at the first conv and the last hidden layer present: layer 1 and layer 5 (no fc hidden layers)
   assert sorted(k for k in data['invariance']['rotation'] if k.startswith('layer')) == ['layer1', 'layer5']
   assert [r['layer'] for r in data['architecture']] == [1, 2, 5, 8]

@@ -1,6 +1,10 @@
 """Every `python -m zfnet_jax.visualize` command on two ablated digits networks (without layers 6 and 7;
 without layers 3 and 4), each trained for two steps: the arrays each command writes against an
-independent computation with `network.forward` over the same images."""
+independent computation with `network.forward` over the same images, or, where `tests/test_analysis.py`
+holds the numbers (top-k, occlusion), against the library on the images the command's flags name.
+Also `scripts/digits_graininess.py` on the session's trained digits run."""
+import importlib.util
+import json
 import os
 import re
 from typing import NamedTuple
@@ -10,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import config_path, digits_config
+from conftest import REPO, config_path, digits_config
 from zfnet_jax import visualize
-from zfnet_jax.data import pipeline
-from zfnet_jax.interpret import invariance
+from zfnet_jax.data import augment, pipeline
+from zfnet_jax.interpret import figures, invariance, occlusion, projection, topk
 from zfnet_jax.model import network, receptive_field
 from zfnet_jax.training import checkpointing, loop
 
@@ -86,21 +90,19 @@ def test_project_seeds_the_strongest_activation_and_stays_in_its_receptive_field
   assert not np.any(recon[outside])
 
 
-def test_topk_values_are_the_strongest_activations_over_the_images(ablated, tmp_path):
+def test_topk_writes_the_top_k_of_the_images_and_layers_its_flags_name(ablated, tmp_path):
   arrays = run(ablated, tmp_path, 'topk', '--layers', '1,5', '--maps', '3', '--k', '4', '--max_images', '40')
-  images, _ = split_of(ablated)
   assert sorted(arrays) == ['topk_layer1.npz', 'topk_layer5.npz']
+  tops = topk.stream_topk(ablated.model, ablated.params, pipeline.split_batches(ablated.config, 'test', 40), (1, 5),
+                          k=4)
   for layer in (1, 5):
     a = arrays[f'topk_layer{layer}.npz']
-    best = per_image_max(ablated, ablated.params, images[:40], layer)  # [40, 8]
-    np.testing.assert_allclose(a['all_value'], -np.sort(-best, axis=0)[:4].T, rtol=1e-5)
-    np.testing.assert_allclose(a['all_value'], np.take_along_axis(best.T, a['all_image'], axis=1), rtol=1e-5)
+    for field in ('value', 'image', 'y', 'x'):
+      np.testing.assert_array_equal(a[f'all_{field}'], getattr(tops[layer], field))
+    assert a['all_value'].shape == (8, 4) and a['all_image'].max() < 40
     assert a['channel'].shape == (3,) and np.array_equal(a['value'], a['all_value'][a['channel']])
     r = a['patch'].shape[2]
     assert a['reconstruction'].shape == a['patch'].shape == (3, 4, r, r, 1)
-    windows, patches = a['window'].reshape(-1, 2), a['patch'].reshape(-1, r, r, 1)
-    for (top, left), image, patch in zip(windows, a['image'].ravel(), patches):
-      np.testing.assert_array_equal(patch, images[image, top:top + r, left:left + r])
 
 
 def test_filters_are_the_checkpoints_first_layer(ablated, tmp_path):
@@ -108,20 +110,20 @@ def test_filters_are_the_checkpoints_first_layer(ablated, tmp_path):
   np.testing.assert_array_equal(arrays['filters_layer1.npy'], ablated.params['conv1']['kernel'])
 
 
-def test_occlusion_entries_equal_forward_passes_on_occluded_images(ablated, tmp_path):
+def test_occlusion_writes_the_maps_of_the_image_and_square_its_flags_name(ablated, tmp_path):
   a = run(ablated, tmp_path, 'occlusion', '--index', '3', '--size', '16', '--stride', '12')['occlusion.npz']
   images, labels = split_of(ablated)
   np.testing.assert_array_equal(a['image'], images[3])
   assert a['label'] == labels[3] and list(a['rows']) == list(a['cols']) == [0, 12, 24, 36, 48]
-  occluded = np.stack([images[3]] * 25)
-  for i, (y, x) in enumerate((y, x) for y in a['rows'] for x in a['cols']):
-    occluded[i, y:y + 16, x:x + 16] = 0.0
-  out = forward(ablated.model, ablated.params, occluded)
-  top = np.asarray(forward(ablated.model, ablated.params, images[3:4]).layers['layer5'][0])
-  assert a['feature'] == np.argmax(top.max(axis=(0, 1)))
-  np.testing.assert_allclose(a['activity'].ravel(), np.asarray(out.layers['layer5'][..., a['feature']]).sum((1, 2)),
-                             rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(a['probability'].ravel(), jax.nn.softmax(out.logits)[:, labels[3]], rtol=1e-4, atol=1e-6)
+  assert (a['size'], a['stride']) == (16, 12)
+  expected = occlusion.sensitivity(ablated.model, ablated.params, images[3], int(labels[3]), 16, 12).maps
+  for field in ('activity', 'probability', 'top_class', 'feature'):
+    np.testing.assert_array_equal(a[field], getattr(expected, field))
+  top_layer = ablated.model.arch.convs[-1].layer
+  proj = projection.project_activation(ablated.model, ablated.params, images[3], top_layer, int(a['feature']))
+  act = np.asarray(forward(ablated.model, ablated.params, images[3:4]).layers[f'layer{top_layer}'][0])
+  assert proj.position == np.unravel_index(np.argmax(act[..., a['feature']]), act.shape[:2])
+  np.testing.assert_array_equal(a['projection'], proj.reconstruction)
 
 
 def test_correspondence_at_the_layers_present(ablated, tmp_path):
@@ -169,6 +171,9 @@ def test_evolution_follows_the_maps_over_every_checkpoint(ablated, tmp_path):
     _, params, _ = checkpointing.load_params(ablated.config, ablated.workdir, int(step))
     best = per_image_max(ablated, params, images[:40], 2).max(axis=0)
     np.testing.assert_allclose(a['layer2_value'][t], best[a['layer2_channel']], rtol=1e-5)
+    if t == len(a['steps']) - 1:  # the maps: spread evenly over those that fire at the last checkpoint
+      alive = np.flatnonzero(best > 0)
+      assert len(alive) >= 2 and list(a['layer2_channel']) == list(alive[[0, len(alive) - 1]])
   assert a['layer2_reconstruction'].shape[:2] == (2, 2)
 
 
@@ -185,3 +190,48 @@ def test_bad_arguments_say_what_to_do(trained_digits, tmp_path):
   np.save(bad, np.zeros((32, 32, 1), np.float32))
   with pytest.raises(ValueError, match=r'float32 \[64, 64, 1\]'):
     visualize.main(['occlusion', *common, '--image', str(bad)])
+
+
+def test_to_display_undoes_the_normalisation_the_caller_describes(tfds_dir):
+  images = np.random.default_rng(0).normal(size=(2, 4, 4, 1)).astype(np.float32)
+  mean, std = augment.channel_stats(1)
+  config = digits_config(tfds_dir)  # mean_std
+  np.testing.assert_allclose(figures.to_display(images, config), np.clip(np.repeat(images * std + mean, 3, -1) / 255,
+                                                                         0, 1), rtol=1e-6)
+  config = digits_config(tfds_dir, input__normalization='pixel_mean')
+  with pytest.raises(ValueError, match='pixel_mean=squares.pixel_mean'):
+    figures.to_display(images, config)
+  pixel_mean = np.concatenate([np.full((4, 2, 1), 100.0), np.full((4, 2, 1), 140.0)], axis=1)  # channel mean 120
+  np.testing.assert_allclose(figures.to_display(images * 0, config, pixel_mean), np.full((2, 4, 4, 3), 120 / 255),
+                             rtol=1e-6)
+
+
+def _high_frequency_by_dft(filters: np.ndarray, cutoff: float) -> float:
+  """The share of `[N, h, w]` filters' spectral energy (means removed) above `cutoff` cycles/px, by DFT matrices."""
+  n = filters.shape[1]
+  dft = np.exp(-2j * np.pi * np.outer(np.arange(n), np.arange(n)) / n)
+  freq = np.minimum(np.arange(n), n - np.arange(n)) / n  # |frequency| of each DFT row, cycles/px
+  centred = filters - filters.mean(axis=(1, 2), keepdims=True)
+  power = np.abs(dft @ centred @ dft.T) ** 2
+  high = np.hypot(freq[:, None], freq[None, :]) > cutoff
+  return float(power[:, high].sum() / power.sum())
+
+
+def test_digits_graininess_script_measures_the_run(trained_digits, capsys):
+  config, workdir = trained_digits
+  spec = importlib.util.spec_from_file_location('digits_graininess', os.path.join(REPO, 'scripts',
+                                                                                 'digits_graininess.py'))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  script.main(['--config', config_path('digits'), '--workdir', workdir, '--max_images', '20',
+               f'--config.dataset.data_dir={config.dataset.data_dir}'])
+  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  for key in ('conv1_high_frequency', 'layer2_projection_high_frequency'):
+    assert 0 < printed[key] < 1
+  _, params, step = checkpointing.load_params(config, workdir)
+  kernel = np.asarray(params['conv1']['kernel'])[:, :, 0, :]  # [k, k, F], grey input
+  assert printed['step'] == step and printed['images'] == 20
+  assert abs(printed['conv1_high_frequency'] - _high_frequency_by_dft(np.moveaxis(kernel, -1, 0), 0.2)) < 1e-4
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    evals = [r for r in map(json.loads, f) if r['split'] == 'eval']
+  assert printed['test_top1'] == evals[-1]['top1']

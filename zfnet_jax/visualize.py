@@ -13,7 +13,7 @@ Commands (each reads the checkpoint in `--workdir`, writes PNGs with their raw a
                   part, against random masks
   invariance      feature distances (at the first and last hidden layers, or `--layers`) and true-class
                   probability under translation, scale, rotation (Fig. 5)
-  evolution       the strongest activation of feature maps at every checkpoint of the run (Fig. 4)
+  evolution       the strongest activation of feature maps at every checkpoint of the run up to `--step` (Fig. 4)
   report          a static site: every unit of every layer with its top-9 projections, and the above
                   (`OUT/index.html`, default `WORKDIR/report/`; see `interpret/report.py`)
 Images come from the evaluation split (`--index`; `--count` of class `--label`) or from files (`--image`,
@@ -28,16 +28,26 @@ import argparse
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from zfnet_jax import config_lib
-from zfnet_jax.data import inputs, pipeline, sources
-from zfnet_jax.interpret import correspondence, deconvnet, figures, invariance, occlusion, report, site, topk
+from zfnet_jax.data import inputs, pipeline, sources, squares
+from zfnet_jax.interpret import (correspondence, evolution, figures, invariance, occlusion, projection, report, site,
+                                 topk)
 from zfnet_jax.model import network, receptive_field
-from zfnet_jax.training import checkpointing
+from zfnet_jax.training import checkpointing, metric_writer
+
+
+def load_run(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> report.Run:
+  """The checkpoint at `step` (default: the latest) of the run in `workdir`, the steps kept up to it with a
+  loader for each, and the run's metrics: what every command reads of a run."""
+  model, params, step = checkpointing.load_params(config, workdir, step)
+  mngr = checkpointing.manager(workdir)
+  steps = [s for s in mngr.all_steps() if s <= step]
+  mngr.close()
+  params_at = lambda s: params if s == step else checkpointing.load_params(config, workdir, s)[1]  # noqa: E731
+  return report.Run(workdir, model, params, step, steps, params_at, metric_writer.read_curves(workdir))
 
 
 def _names(config: ml_collections.ConfigDict) -> list[str]:
@@ -78,112 +88,80 @@ def _conv_layers(args, model: network.ConvNet) -> tuple[int, ...]:
   return _layers(args, convs, convs, 'conv layers')
 
 
-def run_project(args, config, model, params, write: figures.Writer) -> None:
-  arch, layer = model.arch, args.layer
-  if layer not in [c.layer for c in arch.convs]:
-    raise ValueError(f'--layer must be a conv layer of this network, {[c.layer for c in arch.convs]}; got {layer}')
+def _batches(args, config):
+  """The split's batches (`--max_images` of them) as the top-k passes read them, once per call."""
+  return lambda: pipeline.split_batches(config, args.split, args.max_images)
+
+
+def run_project(args, config, run: report.Run, write: figures.Writer) -> None:
   image, _, source = _one_image(args, config)
-  recording = jax.jit(deconvnet.record, static_argnums=0)(model, params, image[None])
-  act = np.asarray(recording.layers[f'layer{layer}'][0])
-  channel = int(np.argmax(act.max(axis=(0, 1)))) if args.channel is None else args.channel
-  if not 0 <= channel < act.shape[-1]:
-    raise ValueError(f'--channel must be in 0..{act.shape[-1] - 1} for layer {layer}, got {channel}')
-  if args.position is None:
-    y, x = np.unravel_index(np.argmax(act[..., channel]), act.shape[:2])
-  else:
-    y, x = args.position
-    if not (0 <= y < act.shape[0] and 0 <= x < act.shape[1]):
-      raise ValueError(f'--position must lie in the {act.shape[0]}x{act.shape[1]} map of layer {layer}')
-  value = float(act[y, x, channel])
-  seeds = deconvnet.Seeds(*(jnp.asarray([v], jnp.int32) for v in (0, channel, y, x)), jnp.asarray([value]))
-  proj = jax.jit(deconvnet.project_patches, static_argnums=(0, 3))(arch, params, recording.switches, layer, seeds)
-  recon = np.asarray(deconvnet.paste(proj, arch.image_size)[0])
-  name = f'project_layer{layer}_map{channel}_y{y}_x{x}'
-  np.save(write.path(name + '.npy'), recon)
-  fig = figures.project_figure(image, recon, (int(proj.top[0]), int(proj.left[0])), proj.patches.shape[1],
-                               receptive_field.receptive_field(arch, layer, y, x), config, source, layer, channel,
-                               (int(y), int(x)), value)
-  write.figure(name + '.png', fig)
+  proj = projection.project_activation(run.model, run.params, image, args.layer, args.channel, args.position)
+  name = f'project_layer{args.layer}_map{proj.channel}_y{proj.position[0]}_x{proj.position[1]}'
+  np.save(write.path(name + '.npy'), proj.reconstruction)
+  write.figure(name + '.png', figures.project_figure(image, proj, config, source, args.layer,
+                                                     squares.pixel_mean(config)))
 
 
-def run_topk(args, config, model, params, write: figures.Writer) -> None:
-  layer_numbers = _conv_layers(args, model)
-  batches = lambda: pipeline.split_batches(config, args.split, args.max_images)  # noqa: E731
-  tops = topk.stream_topk(model, params, batches(), layer_numbers, k=args.k)
-  rng = np.random.default_rng(args.seed)
-  channels = {n: topk.choose_maps(tops[n], args.maps, rng) for n in layer_numbers}
-  results = topk.project_topk(model, params, batches(), tops, channels)
+def run_topk(args, config, run: report.Run, write: figures.Writer) -> None:
+  tops, results = topk.top_projections(run.model, run.params, _batches(args, config), _conv_layers(args, run.model),
+                                       args.k, args.maps, np.random.default_rng(args.seed))
+  pixel_mean = squares.pixel_mean(config)
   for n, result in results.items():
     write.arrays(f'topk_layer{n}.npz', channel=result.channel, value=result.top.value, image=result.top.image,
                  y=result.top.y, x=result.top.x, reconstruction=result.reconstruction, patch=result.patch,
                  window=result.window, receptive_field=result.receptive_field,
                  all_value=tops[n].value, all_image=tops[n].image, all_y=tops[n].y, all_x=tops[n].x)
-    size = receptive_field.nominal(model.arch, n)[0]
+    size = receptive_field.nominal(run.model.arch, n)[0]
     fig = figures.topk_figure(result, config, f'layer {n}: top {args.k} activations of {len(result.channel)} feature '
-                                              f'maps over {args.split} (projection | image patch, {size} px field)')
+                                              f'maps over {args.split} (projection | image patch, {size} px field)',
+                              pixel_mean)
     write.figure(f'topk_layer{n}.png', fig)
 
 
-def run_filters(args, config, model, params, write: figures.Writer) -> None:
-  first = model.arch.convs[0]
-  kernel = np.asarray(params[first.name]['kernel'])  # [k, k, C_in, F]
+def run_filters(args, config, run: report.Run, write: figures.Writer) -> None:
+  first = run.model.arch.convs[0]
+  kernel = np.asarray(run.params[first.name]['kernel'])  # [k, k, C_in, F]
   np.save(write.path('filters_layer1.npy'), kernel)
   write.figure('filters_layer1.png', figures.filters_figure(kernel, first.stride))
 
 
-def run_occlusion(args, config, model, params, write: figures.Writer) -> None:
+def run_occlusion(args, config, run: report.Run, write: figures.Writer) -> None:
   image, label, source = _one_image(args, config)
-  logits = jax.jit(network.forward, static_argnums=0)(model, params, image[None]).logits
-  label = args.label if args.label is not None else label if label is not None else int(np.argmax(logits[0]))
-  size = args.size or max(1, model.arch.image_size // 7)
-  stride = args.stride or max(1, size // 2)
-  occlude = jax.jit(occlusion.occlusion, static_argnums=(0, 4, 5))
-  maps = occlude(model, params, jnp.asarray(image), label, size, stride)
-  feature, top_layer = int(maps.feature), model.arch.convs[-1].layer
-  recording = jax.jit(deconvnet.record, static_argnums=0)(model, params, image[None])
-  seeds = deconvnet.strongest(recording, top_layer)
-  seeds = deconvnet.Seeds(*(f[feature:feature + 1] for f in seeds))
-  recon = jax.jit(deconvnet.project, static_argnums=(0, 3))(model.arch, params, recording.switches, top_layer, seeds)
+  result = occlusion.sensitivity(run.model, run.params, image, args.label if args.label is not None else label,
+                                 args.size, args.stride)
+  maps, top_layer = result.maps, run.model.arch.convs[-1].layer
+  proj = projection.project_activation(run.model, run.params, image, top_layer, int(maps.feature))
   write.arrays('occlusion.npz', activity=maps.activity, probability=maps.probability, top_class=maps.top_class,
-               feature=feature, rows=maps.rows, cols=maps.cols, size=size, stride=stride, label=label,
-               image=image, projection=recon[0])
-  fig = figures.occlusion_figure(maps, image, np.asarray(recon[0]), config, _names(config), label, source,
-                                 top_layer, size, stride)
-  write.figure('occlusion.png', fig)
+               feature=maps.feature, rows=maps.rows, cols=maps.cols, size=result.size, stride=result.stride,
+               label=result.label, image=image, projection=proj.reconstruction)
+  write.figure('occlusion.png', figures.occlusion_figure(result, image, proj.reconstruction, config, _names(config),
+                                                         source, top_layer, squares.pixel_mean(config)))
 
 
-def run_correspondence(args, config, model, params, write: figures.Writer) -> None:
-  layer_numbers = _layers(args, model.arch.layer_numbers, correspondence.default_layers(model.arch), 'layers')
+def run_correspondence(args, config, run: report.Run, write: figures.Writer) -> None:
+  arch = run.model.arch
+  layer_numbers = _layers(args, arch.layer_numbers, correspondence.default_layers(arch), 'layers')
   images, _, names = _image_set(args, config)
   boxes = np.asarray(args.box * (len(images) if len(args.box) == 1 else 1))
   if boxes.shape != (len(images), 4):
     raise ValueError(f'give one --box T,L,H,W for all images or one per image ({len(images)}), got {len(args.box)}')
-  measure = jax.jit(correspondence.correspondence, static_argnums=(0, 4))
-  part = {n: float(v) for n, v in measure(model, params, images, boxes, layer_numbers).items()}
-  rng = np.random.default_rng(args.seed)
-  random = {n: [] for n in layer_numbers}
-  for _ in range(args.random_draws):
-    for n, v in measure(model, params, images, correspondence.random_boxes(rng, boxes, model.arch.image_size),
-                        layer_numbers).items():
-      random[n].append(float(v))
+  part, random = correspondence.with_random_baseline(run.model, run.params, images, boxes, layer_numbers,
+                                                     args.random_draws, np.random.default_rng(args.seed))
   write.arrays('correspondence.npz', boxes=boxes, images=images, **{f'delta_layer{n}': part[n] for n in part},
                **{f'random_delta_layer{n}': random[n] for n in random})
   print('layer  Delta(masked part)  Delta(random masks, mean +- std over %d draws)' % args.random_draws)
   for n in layer_numbers:
     print(f'{n:5d}  {part[n]:18.4f}  {np.mean(random[n]):.4f} +- {np.std(random[n]):.4f}')
-  masked = np.asarray(correspondence.mask_boxes(jnp.asarray(images), jnp.asarray(boxes)))
-  write.figure('correspondence.png', figures.correspondence_figure(masked, names, part, random, config))
+  masked = np.asarray(correspondence.mask_boxes(images, boxes))
+  write.figure('correspondence.png', figures.correspondence_figure(masked, names, part, random, config,
+                                                                   squares.pixel_mean(config)))
 
 
-def run_invariance(args, config, model, params, write: figures.Writer) -> None:
-  layer_numbers = _layers(args, model.arch.layer_numbers, invariance.default_layers(model.arch), 'layers')
+def run_invariance(args, config, run: report.Run, write: figures.Writer) -> None:
+  arch = run.model.arch
+  layer_numbers = _layers(args, arch.layer_numbers, invariance.default_layers(arch), 'layers')
   images, labels, names = _image_set(args, config)
-  amounts = invariance.amounts(model.arch.image_size)
-  curve = jax.jit(invariance.invariance, static_argnames=('model', 'kind', 'layer_numbers'))
-  results = {kind: {k: np.asarray(v) for k, v in curve(model=model, params=params, images=images, labels=labels,
-                                                        kind=kind, amounts=jnp.asarray(amounts[kind], jnp.float32),
-                                                        layer_numbers=layer_numbers).items()}
-             for kind in invariance.TRANSFORMS}
+  amounts, results = invariance.all_transforms(run.model, run.params, images, labels, layer_numbers)
   write.arrays('invariance.npz', labels=labels, **{f'{kind}_amount': amounts[kind] for kind in results},
                **{f'{kind}_{k}': v for kind, r in results.items() for k, v in r.items()})
   class_names = _names(config)
@@ -191,43 +169,30 @@ def run_invariance(args, config, model, params, write: figures.Writer) -> None:
       amounts, results, [f'{name} ({class_names[label]})' for name, label in zip(names, labels)]))
 
 
-def run_evolution(args, config, model, params, write: figures.Writer) -> None:
-  mngr = checkpointing.manager(args.workdir)
-  checkpoints = list(mngr.all_steps())
-  mngr.close()
-  layer_numbers = _conv_layers(args, model)
-  batches = lambda: pipeline.split_batches(config, args.split, args.max_images)  # noqa: E731
-  # the same maps at every checkpoint: chosen among those alive at the last one
-  _, last_params, _ = checkpointing.load_params(config, args.workdir, checkpoints[-1])
-  last = topk.stream_topk(model, last_params, batches(), layer_numbers, k=1)
-  rng = np.random.default_rng(args.seed)
-  channels = {n: topk.choose_maps(last[n], args.maps, rng) for n in layer_numbers}
-  results = []
-  for step in checkpoints:
-    step_params = last_params if step == checkpoints[-1] else checkpointing.load_params(config, args.workdir, step)[1]
-    tops = last if step == checkpoints[-1] else topk.stream_topk(model, step_params, batches(), layer_numbers, k=1)
-    results.append(topk.project_topk(model, step_params, batches(), tops, channels))
-  values = {n: np.stack([r[n].top.value[:, 0] for r in results]) for n in layer_numbers}
-  reconstructions = {n: np.stack([r[n].reconstruction[:, 0] for r in results]) for n in layer_numbers}
-  write.arrays('evolution.npz', steps=np.asarray(checkpoints),
-               **{f'layer{n}_channel': channels[n] for n in layer_numbers},
-               **{f'layer{n}_value': values[n] for n in layer_numbers},
-               **{f'layer{n}_reconstruction': reconstructions[n] for n in layer_numbers})
-  write.figure('evolution.png', figures.evolution_figure(checkpoints, channels, reconstructions))
+def run_evolution(args, config, run: report.Run, write: figures.Writer) -> None:
+  result = evolution.evolution(run.model, run.steps, run.params_at, _batches(args, config),
+                               _conv_layers(args, run.model), args.maps)
+  layers = list(result.channels)
+  write.arrays('evolution.npz', steps=np.asarray(result.steps),
+               **{f'layer{n}_channel': result.channels[n] for n in layers},
+               **{f'layer{n}_value': result.values[n] for n in layers},
+               **{f'layer{n}_reconstruction': result.reconstructions[n] for n in layers})
+  write.figure('evolution.png', figures.evolution_figure(result.steps, result.channels, result.reconstructions))
 
 
-def run_report(args, config) -> None:
+def run_report(args, config, run: report.Run) -> None:
   out = args.out or os.path.join(args.workdir, 'report')
   layer_numbers = tuple(int(v) for v in args.layers.split(',')) if args.layers else None
-  data = report.build(config, args.workdir, out, max_images=args.images, layers=layer_numbers, step=args.step,
-                      split=args.split, k=args.k, occlusion_images=args.examples, invariance_images=args.examples)
+  data = report.build(config, out, run, max_images=args.images, layers=layer_numbers, split=args.split, k=args.k,
+                      occlusion_images=args.examples, invariance_images=args.examples)
   site.write_site(out, data)
   print(os.path.join(out, 'index.html'))
 
 
 # ------------------------------------------------------------------------------------------------- main
 
-def _parser() -> argparse.ArgumentParser:
+def _parents() -> tuple[argparse.ArgumentParser, ...]:
+  """The option groups commands share: `(common, one image, many images, dataset)`."""
   common = argparse.ArgumentParser(add_help=False)
   common.add_argument('--config', required=True, help='config file, e.g. configs/digits.py; override fields '
                       'with --config.FIELD=VALUE')
@@ -235,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
   common.add_argument('--out', help='output folder (default: WORKDIR/visualize/COMMAND)')
   common.add_argument('--step', type=int, help='checkpoint step (default: the latest)')
   common.add_argument('--split', help='dataset split (default: config.dataset.eval_split)')
-  common.add_argument('--seed', type=int, default=0, help='for random choices (feature maps, random masks)')
+  common.add_argument('--seed', type=int, default=0, help='for random choices (topk\'s feature maps, random masks)')
   one = argparse.ArgumentParser(add_help=False)
   one.add_argument('--image', help='an image file (any size) or a preprocessed .npy [H, W, C] float32')
   one.add_argument('--index', type=int, default=0, help='without --image: this image of the split')
@@ -247,8 +212,11 @@ def _parser() -> argparse.ArgumentParser:
   dataset = argparse.ArgumentParser(add_help=False)
   dataset.add_argument('--max_images', type=int, help='use only the first N images of the split')
   dataset.add_argument('--layers', help='comma-separated conv layers (default: all)')
-  maps_help = 'feature maps per layer to project and draw, chosen at random among those that fire (0: all)'
+  return common, one, many, dataset
 
+
+def _parser() -> argparse.ArgumentParser:
+  common, one, many, dataset = _parents()
   parser = argparse.ArgumentParser(prog='python -m zfnet_jax.visualize', description=__doc__.split('\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest='command', required=True)
@@ -258,7 +226,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--position', type=int, nargs=2, metavar=('Y', 'X'), help='default: the map\'s strongest')
   p = sub.add_parser('topk', parents=[common, dataset], help='Fig. 2: top-k activations, projected')
   p.add_argument('--k', type=int, default=9, help='activations kept per feature map (9 in the paper)')
-  p.add_argument('--maps', type=int, default=16, help=maps_help)
+  p.add_argument('--maps', type=int, default=16, help='feature maps per layer to project and draw, chosen at random '
+                 'among those that fire (0: all)')
   sub.add_parser('filters', parents=[common], help='Fig. 6: layer-1 filters')
   p = sub.add_parser('occlusion', parents=[common, one], help='Fig. 7: occlusion sensitivity')
   p.add_argument('--label', type=int, help='true class (default: the split\'s label, or the predicted class)')
@@ -274,7 +243,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--layers', help='comma-separated layers, conv or fc (default: the first and the last hidden '
                  'layer present; 1,7 in the full network)')
   p = sub.add_parser('evolution', parents=[common, dataset], help='Fig. 4: features across checkpoints')
-  p.add_argument('--maps', type=int, default=8, help=maps_help)
+  p.add_argument('--maps', type=int, default=evolution.MAPS, help='feature maps per layer, spread evenly over those '
+                 'that fire at the last checkpoint (0: all); the report draws the same')
   p = sub.add_parser('report', parents=[common], help='a static site: every unit of every layer, and the figures',
                      description='Writes OUT/index.html (--out default for this command: WORKDIR/report/), '
                      'a layer page per conv layer and analyses.html; re-running reuses what is built.')
@@ -299,11 +269,11 @@ def main(argv: list[str]) -> None:
   config = config_lib.from_args(args.config, rest)
   args.split = args.split or config.dataset.eval_split
   sources.hide_accelerators_from_tf()
+  run = load_run(config, args.workdir, args.step)
   if args.command == 'report':
-    return run_report(args, config)
-  model, params, _ = checkpointing.load_params(config, args.workdir, args.step)
+    return run_report(args, config, run)
   write = figures.Writer(args.out or os.path.join(args.workdir, 'visualize', args.command))
-  COMMAND_FUNCTIONS[args.command](args, config, model, params, write)
+  COMMAND_FUNCTIONS[args.command](args, config, run, write)
 
 
 if __name__ == '__main__':

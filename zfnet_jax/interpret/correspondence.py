@@ -55,3 +55,21 @@ def random_boxes(rng: np.random.Generator, boxes: np.ndarray, image_size: int) -
     boxes[i, 0] = rng.integers(0, image_size - boxes[i, 2] + 1)
     boxes[i, 1] = rng.integers(0, image_size - boxes[i, 3] + 1)
   return boxes
+
+
+_correspondence = jax.jit(correspondence, static_argnums=(0, 4))
+
+
+def with_random_baseline(model: network.ConvNet, params: Any, images: np.ndarray, boxes: np.ndarray,
+                         layer_numbers: tuple[int, ...], draws: int,
+                         rng: np.random.Generator) -> tuple[dict[int, float], dict[int, list[float]]]:
+  """Table 1 for one part: `({layer: Delta}` of `boxes` `[N, 4]` on `[N, H, W, C]` images, `{layer: [draws]
+  Deltas})` of `draws` sets of `random_boxes` of the same sizes, the paper's "random" row."""
+  layer_numbers = tuple(layer_numbers)
+  part = {n: float(v) for n, v in _correspondence(model, params, images, boxes, layer_numbers).items()}
+  random: dict[int, list[float]] = {n: [] for n in layer_numbers}
+  for _ in range(draws):
+    moved = random_boxes(rng, boxes, model.arch.image_size)
+    for n, v in _correspondence(model, params, images, moved, layer_numbers).items():
+      random[n].append(float(v))
+  return part, random

@@ -12,21 +12,27 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from zfnet_jax.data import augment, squares
-from zfnet_jax.interpret import topk
+from zfnet_jax.data import augment
+from zfnet_jax.interpret import occlusion, projection, topk
 
 
-def to_display(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
-  """Network inputs `[..., C]` back to RGB pixels in [0, 1] (grey repeated to 3 channels).
+def to_display(images: np.ndarray, config: ml_collections.ConfigDict,
+               pixel_mean: np.ndarray | None = None) -> np.ndarray:
+  """Network inputs `[..., C]` back to RGB pixels in [0, 1] (grey repeated to 3 channels), the config's
+  normalisation undone with `augment.channel_stats`.
 
-  Under `pixel_mean` normalisation a patch's place in the square is not known here, so the mean image's
-  per-channel average is added back: exact up to the mean image's spatial variation.
+  Under `pixel_mean` normalisation the caller passes the mean image `[R, R, C]` (`squares.pixel_mean`). A
+  patch's place in the square is not known here, so the mean image's per-channel average is added back:
+  exact up to the mean image's spatial variation.
   """
+  normalization = config.input.normalization
   mean, std = augment.channel_stats(images.shape[-1])
-  if config.input.normalization == 'pixel_mean':
-    mean = squares.pixel_mean(config).mean(axis=(0, 1), dtype=np.float32)
+  if normalization == 'pixel_mean':
+    if pixel_mean is None:
+      raise ValueError('inputs normalised by the mean image: pass it, pixel_mean=squares.pixel_mean(config)')
+    mean = np.asarray(pixel_mean, np.float32).mean(axis=(0, 1))
   images = np.asarray(images, np.float32)  # float32 throughout: these arrays can be large (report sprites)
-  pixels = images * std + mean if config.input.normalization == 'mean_std' else images + mean
+  pixels = images * std + mean if normalization == 'mean_std' else images + mean
   pixels *= np.float32(1 / 255)  # in place: report sprites pass thousands of windows at once
   return _rgb(np.clip(pixels, 0.0, 1.0, out=pixels))
 
@@ -93,7 +99,8 @@ def image_figure(image: np.ndarray, title: str, pixels_per_inch: float = 100.0):
   return fig, ax
 
 
-def topk_figure(result: topk.TopKProjections, config, title: str):
+def topk_figure(result: topk.TopKProjections, config: ml_collections.ConfigDict, title: str,
+                pixel_mean: np.ndarray | None = None):
   """Fig. 2 for one layer: per feature map, its k reconstructions (left) beside their image patches (right)."""
   m, k = result.top.value.shape
   side = int(np.ceil(np.sqrt(k)))
@@ -101,7 +108,8 @@ def topk_figure(result: topk.TopKProjections, config, title: str):
   big = lambda tiles: tiles.repeat(zoom, axis=1).repeat(zoom, axis=2)  # noqa: E731
   cells = [np.concatenate([mosaic(big(reconstruction_display(result.reconstruction[i])), side),
                            np.ones((side * (result.patch.shape[2] * zoom + 1) - 1, 4, 3), np.float32),
-                           mosaic(big(to_display(result.patch[i], config)), side)], axis=1) for i in range(m)]
+                           mosaic(big(to_display(result.patch[i], config, pixel_mean)), side)], axis=1)
+           for i in range(m)]
   columns = int(np.ceil(np.sqrt(m)))
   grid = mosaic(np.stack(cells), columns, gap=max(6, cells[0].shape[0] // 12))
   fig, ax = image_figure(grid, title)
@@ -114,23 +122,23 @@ def topk_figure(result: topk.TopKProjections, config, title: str):
   return fig
 
 
-def project_figure(image: np.ndarray, reconstruction: np.ndarray, window: tuple[int, int], size: int,
-                   box: tuple[int, int, int, int], config: ml_collections.ConfigDict, source: str, layer: int,
-                   channel: int, position: tuple[int, int], value: float):
-  """Section 2.1 for one activation: the image with the unit's receptive field `box` (top, left, bottom,
-  right), the `size` image patch at `window` (top, left), and the projection `[H, W, C]` cropped to it."""
+def project_figure(image: np.ndarray, proj: projection.Projection, config: ml_collections.ConfigDict, source: str,
+                   layer: int, pixel_mean: np.ndarray | None = None):
+  """Section 2.1 for one activation of conv `layer`: the image `[S, S, C]` with the unit's receptive field,
+  the image patch of the projection's window, and the projection cropped to it."""
   plt = pyplot()
-  top, left = window
+  (top, left), size, box = proj.window, proj.size, proj.receptive_field
   fig, axes = plt.subplots(1, 3, figsize=(10, 3.8))
-  axes[0].imshow(to_display(image, config))
+  axes[0].imshow(to_display(image, config, pixel_mean))
   axes[0].add_patch(plt.Rectangle((box[1] - 0.5, box[0] - 0.5), box[3] - box[1], box[2] - box[0], fill=False,
                                   edgecolor='red', linewidth=1.5))
   axes[0].set_title(f'{source}\nreceptive field (red)', fontsize=9)
-  axes[1].imshow(to_display(image[top:top + size, left:left + size], config), interpolation='nearest')
+  axes[1].imshow(to_display(image[top:top + size, left:left + size], config, pixel_mean), interpolation='nearest')
   axes[1].set_title('image patch', fontsize=9)
-  axes[2].imshow(reconstruction_display(reconstruction[top:top + size, left:left + size]), interpolation='nearest')
-  axes[2].set_title(f'projection of layer {layer}, map {channel}\nat {tuple(position)}, activation {value:.3g}',
-                    fontsize=9)
+  axes[2].imshow(reconstruction_display(proj.reconstruction[top:top + size, left:left + size]),
+                 interpolation='nearest')
+  axes[2].set_title(f'projection of layer {layer}, map {proj.channel}\nat {proj.position}, activation '
+                    f'{proj.value:.3g}', fontsize=9)
   for ax in axes:
     ax.set_axis_off()
   return fig
@@ -150,16 +158,18 @@ def filters_figure(kernel: np.ndarray, stride: int):
   return fig
 
 
-def occlusion_figure(maps: Any, image: np.ndarray, reconstruction: np.ndarray, config: ml_collections.ConfigDict,
-                     names: list[str], label: int, source: str, layer: int, size: int, stride: int):
-  """Fig. 7 (a)-(e) from `occlusion.OcclusionMaps` of `image` `[S, S, C]` with a `size` square every `stride`
-  pixels, and the projection `[S, S, C]` of the top conv `layer`'s strongest activation of `maps.feature`."""
+def occlusion_figure(result: occlusion.Sensitivity, image: np.ndarray, reconstruction: np.ndarray,
+                     config: ml_collections.ConfigDict, names: list[str], source: str, layer: int,
+                     pixel_mean: np.ndarray | None = None):
+  """Fig. 7 (a)-(e) from the `occlusion.Sensitivity` of `image` `[S, S, C]` and the projection `[S, S, C]` of
+  the top conv `layer`'s strongest activation of `result.maps.feature`."""
   plt = pyplot()
+  maps, label, size, stride = result.maps, result.label, result.size, result.stride
   fig, axes = plt.subplots(1, 5, figsize=(20, 4.4))
   s = image.shape[0]
   extent = (maps.cols[0] + size / 2 - stride / 2, maps.cols[-1] + size / 2 + stride / 2,
             maps.rows[-1] + size / 2 + stride / 2, maps.rows[0] + size / 2 - stride / 2)  # square centres
-  axes[0].imshow(to_display(image, config))
+  axes[0].imshow(to_display(image, config, pixel_mean))
   axes[0].add_patch(plt.Rectangle((-0.5, -0.5), size, size, color=(0.5, 0.5, 0.5), alpha=0.9))
   axes[0].set_title(f'(a) {source}, true class {names[label]}\ngrey square {size} px, stride {stride}', fontsize=9)
   panels = [(maps.activity, f'(b) total activity of layer-{layer} map {int(maps.feature)}', 'viridis'),
@@ -185,14 +195,15 @@ def occlusion_figure(maps: Any, image: np.ndarray, reconstruction: np.ndarray, c
 
 
 def correspondence_figure(masked: np.ndarray, sources: list[str], part: dict[int, float],
-                          random: dict[int, list[float]], config: ml_collections.ConfigDict):
+                          random: dict[int, list[float]], config: ml_collections.ConfigDict,
+                          pixel_mean: np.ndarray | None = None):
   """Table 1 as a figure: the `[N, S, S, C]` masked images, and per layer the Delta of the masked part
   beside the mean +- std of the random masks' Deltas."""
   plt = pyplot()
   layer_numbers = list(part)
   fig, axes = plt.subplots(1, len(masked) + 1, figsize=(2.4 * (len(masked) + 1), 2.8))
   for ax, image, source in zip(axes, masked, sources):
-    ax.imshow(to_display(image, config))
+    ax.imshow(to_display(image, config, pixel_mean))
     ax.set_title(source, fontsize=8)
     ax.set_axis_off()
   x = np.arange(len(layer_numbers))

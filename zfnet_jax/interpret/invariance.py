@@ -13,12 +13,12 @@ from zfnet_jax.model import network
 TRANSFORMS = ('translation', 'scale', 'rotation')
 
 
-
 def amounts(image_size: int, rotation_step: float = 10.0) -> dict[str, np.ndarray]:
   """Fig. 5's ranges: vertical shifts up to 27% of the image either way (13), scales 1-1.8 (9), and full
   turns in `rotation_step`-degree steps."""
   return {'translation': np.linspace(-0.27 * image_size, 0.27 * image_size, 13), 'scale': np.linspace(1.0, 1.8, 9),
           'rotation': np.arange(0.0, 361.0, rotation_step)}
+
 
 def transform(image: jax.Array, kind: str, amount: jax.Array, fill: float = 0.0) -> jax.Array:
   """An `[H, W, C]` image shifted down by `amount` pixels, scaled by `amount` about its centre, or rotated
@@ -66,3 +66,25 @@ def invariance(model: network.ConvNet, params: Any, images: jax.Array, labels: j
     out[name] = jnp.linalg.norm(f - ref[name].reshape(n, 1, -1), axis=-1)
   out['probability'] = jnp.take_along_axis(probs.reshape(n, t, -1), labels[:, None, None], axis=-1)[..., 0]
   return out
+
+
+_invariance = jax.jit(invariance, static_argnames=('model', 'kind', 'layer_numbers'))
+
+
+def all_transforms(model: network.ConvNet, params: Any, images: np.ndarray, labels: np.ndarray,
+                   layer_numbers: tuple[int, ...] | None = None,
+                   rotation_step: float = 10.0) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+  """Fig. 5: `invariance` of `[N, H, W, C]` images with true `labels` `[N]` under every transformation of
+  `TRANSFORMS`, over `amounts(image_size, rotation_step)`.
+
+  Returns:
+    `(amounts {kind: [T]}, {kind: {'layer{n}': [N, T], 'probability': [N, T]}})`.
+  """
+  ranges = amounts(model.arch.image_size, rotation_step)
+  layer_numbers = default_layers(model.arch) if layer_numbers is None else tuple(layer_numbers)
+  curves = {}
+  for kind in TRANSFORMS:
+    values = _invariance(model=model, params=params, images=jnp.asarray(images), labels=jnp.asarray(labels),
+                         kind=kind, amounts=jnp.asarray(ranges[kind], jnp.float32), layer_numbers=layer_numbers)
+    curves[kind] = {k: np.asarray(v) for k, v in values.items()}
+  return ranges, curves

@@ -64,6 +64,13 @@ def _occlusion_plan(arch: network.Architecture, size: int, rows: np.ndarray,
   return plan
 
 
+def square(image_size: int, size: int | None = None, stride: int | None = None) -> tuple[int, int]:
+  """Fig. 7's square `(side, stride)` in pixels; the paper gives neither. Defaults: side image_size / 7
+  (32 px at 224), stride half the side."""
+  size = size or max(1, image_size // 7)
+  return size, stride or max(1, size // 2)
+
+
 def occlusion(model: network.ConvNet, params: Any, image: jax.Array, label: int | jax.Array, size: int, stride: int,
               fill: float = 0.0, chunk: int = 16, local_fraction: float = 0.5) -> OcclusionMaps:
   """Fig. 7: a `size` square of value `fill` at every `stride`-th position inside the image.
@@ -72,6 +79,7 @@ def occlusion(model: network.ConvNet, params: Any, image: jax.Array, label: int 
   (`receptive_field.reached`) covers at most `local_fraction` of it, each step runs on that window,
   read from the unoccluded map with the changed window written in; after that, whole maps. For
   `configs/default.py` and a 32 px square that is conv1-conv4 on windows, conv5 and the fc layers whole.
+  Pure and jittable with `model`, `size` and `stride` static (`sensitivity` holds the package's one jit).
 
   Args:
     image: `[H, W, C]` network input.
@@ -83,25 +91,45 @@ def occlusion(model: network.ConvNet, params: Any, image: jax.Array, label: int 
   if not 0 < size <= h or stride < 1:
     raise ValueError(f'the square size must be in 1..{h} and the stride positive, got {size}, {stride}')
   rows = np.arange(0, h - size + 1, stride)
-  all_steps, plan = _forward_steps(arch), _occlusion_plan(arch, size, rows, local_fraction)
+  plan = _occlusion_plan(arch, size, rows, local_fraction)
+  base, padded, feature = _base_pass(arch, params, image, plan)
+  one = _occluded_outputs(arch, params, plan, base, padded, size, fill, feature, label)
+  grid = jnp.stack(jnp.meshgrid(jnp.asarray(rows), jnp.asarray(rows), indexing='ij'), -1).reshape(-1, 2)
+  activity, probability, top_class = lax.map(one, grid.astype(jnp.int32), batch_size=chunk)
+  shape = (len(rows), len(rows))
+  return OcclusionMaps(activity.reshape(shape), probability.reshape(shape), top_class.reshape(shape), feature,
+                       rows, rows)
 
+
+def _base_pass(arch: network.Architecture, params: Any, image: jax.Array,
+               plan: list[_LocalStep]) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
+  """The unoccluded image through every step: `(maps [1, n, n, C] per step input and the top output,
+  the inputs of the `plan`'s steps padded as the step pads them [n', n', C], the top layer's strongest map)`."""
   base = [image[None].astype(jnp.float32)]
-  for step in all_steps:
+  for step in _forward_steps(arch):
     base.append(_apply_step(arch, params, step, base[-1]))
-  top_map = base[-1][0]
-  feature = jnp.argmax(jnp.max(top_map, axis=(0, 1))).astype(jnp.int32)
+  feature = jnp.argmax(jnp.max(base[-1][0], axis=(0, 1))).astype(jnp.int32)
   padded = []
   for plan_step, x in zip(plan, base):
     lo, hi = plan_step.base_pad
     pad_value = -jnp.inf if plan_step.step.kind == 'pool' else 0.0
     padded.append(jnp.pad(x[0], ((lo, hi), (lo, hi), (0, 0)), constant_values=pad_value))
+  return base, padded, feature
+
+
+def _occluded_outputs(arch: network.Architecture, params: Any, plan: list[_LocalStep], base: list[jax.Array],
+                      padded: list[jax.Array], size: int, fill: float, feature: jax.Array,
+                      label: int | jax.Array):
+  """The function of one square position `[2]` (top, left) -> (activity of `feature`, p(label), top class):
+  the `plan`'s steps on windows read from `padded` with the square's window written in, the rest whole."""
+  rest_steps = _forward_steps(arch)[len(plan):]
 
   def one(position):
     start = position
     window = jnp.full((size, size, arch.in_channels), fill, jnp.float32)
     for local, base_map in zip(plan, padded):
       step = local.step
-      out_start, q = receptive_field.reached(step, start, local.size_in, jnp)
+      out_start, _ = receptive_field.reached(step, start, local.size_in, jnp)
       region_start = out_start * step.stride - step.padding
       region = lax.dynamic_slice(base_map, (*(region_start + local.base_pad[0]), 0),
                                  (local.region, local.region, base_map.shape[-1]))
@@ -114,13 +142,32 @@ def occlusion(model: network.ConvNet, params: Any, image: jax.Array, label: int 
       window = _apply_step(arch, params, step, region[None], whole=False)[0]
       start = out_start
     rest = lax.dynamic_update_slice(base[len(plan)][0], window, (*start, 0))[None]
-    for step in all_steps[len(plan):]:
+    for step in rest_steps:
       rest = _apply_step(arch, params, step, rest)
     probs = jax.nn.softmax(network.head(arch, params, rest)[0])
     return jnp.sum(rest[0, ..., feature]), probs[label], jnp.argmax(probs).astype(jnp.int32)
+  return one
 
-  grid = jnp.stack(jnp.meshgrid(jnp.asarray(rows), jnp.asarray(rows), indexing='ij'), -1).reshape(-1, 2)
-  activity, probability, top_class = lax.map(one, grid.astype(jnp.int32), batch_size=chunk)
-  shape = (len(rows), len(rows))
-  return OcclusionMaps(activity.reshape(shape), probability.reshape(shape), top_class.reshape(shape), feature,
-                       rows, rows)
+
+class Sensitivity(NamedTuple):
+  """Fig. 7 for one image, as `visualize occlusion` and the report draw it."""
+  maps: OcclusionMaps  # as numpy arrays
+  label: int  # the class whose probability `maps.probability` follows
+  probabilities: np.ndarray  # [K] softmax of the unoccluded image
+  size: int  # the square's side in pixels
+  stride: int
+
+
+_occlude = jax.jit(occlusion, static_argnums=(0, 4, 5))
+_forward = jax.jit(network.forward, static_argnums=0)
+
+
+def sensitivity(model: network.ConvNet, params: Any, image: np.ndarray, label: int | None = None,
+                size: int | None = None, stride: int | None = None) -> Sensitivity:
+  """`occlusion` of an `[H, W, C]` network input (`square`'s defaults where `size` or `stride` is None),
+  following p(`label`) (default: the class the network predicts for the unoccluded image)."""
+  size, stride = square(model.arch.image_size, size, stride)
+  probabilities = np.asarray(jax.nn.softmax(_forward(model, params, jnp.asarray(image)[None]).logits[0]))
+  label = int(np.argmax(probabilities)) if label is None else int(label)
+  maps = jax.device_get(_occlude(model, params, jnp.asarray(image), label, size, stride))
+  return Sensitivity(OcclusionMaps(*(np.asarray(f) for f in maps)), label, probabilities, size, stride)

@@ -1,55 +1,51 @@
 """The report's data: every unit of every conv layer with its top-k projections, tiled into sprite PNGs.
 
-`build` reads one checkpoint and writes, into the output folder, what `site.write_site` turns into
-pages: per layer `layerN.json` (values, images, positions of each unit's top k) and sprite sheets
-`layerN_S.png` (each unit's k projections beside its k image patches, one unit per row, 64 units per
-sheet), the layer-1 filters, occlusion maps, invariance curves and, when the run kept several
-checkpoints, feature evolution. One `stream_topk` pass over the images covers every layer; one
-`project_topk` pass projects every unit's top k, `chunk` seeds at a time.
+`build` takes a `Run` (the checkpoint's model and params, the run's checkpoint steps with a `params_at`
+callable, its metrics: `visualize report` loads them, interpret/ reads no checkpoints) and writes, into
+the output folder, what `site.write_site` turns into pages: per layer `layerN.json` (values, images,
+positions of each unit's top k) and sprite sheets `layerN_S.png` (each unit's k projections beside its k
+image patches, one unit per row, 64 units per sheet), the layer-1 filters, occlusion maps, invariance
+curves and, when the run kept several checkpoints, feature evolution. One `stream_topk` pass over the
+images covers every layer; one `project_topk` pass projects every unit's top k, `chunk` seeds at a time.
+The analyses are the library's drivers (`occlusion.sensitivity`, `invariance.all_transforms`,
+`evolution.evolution`), the same that `visualize` draws.
 
 Re-running reuses what is built: `manifest.json` holds the options each part was built with (the
-checkpoint step, the images, k, the config) and a part whose options match is not rebuilt.
+checkpoint step, the images, k, the config) and a part whose options match and whose PNGs exist is not
+rebuilt. JSON goes through `paths`; PNGs are written with PIL, so `out` is a local folder.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
-import sys
-import time
-from typing import Any
+from typing import Any, Callable, NamedTuple, Sequence
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from zfnet_jax.data import pipeline
-from zfnet_jax.interpret import figures, invariance, occlusion, topk
+from zfnet_jax import paths
+from zfnet_jax import progress as progress_lib
+from zfnet_jax.data import pipeline, squares
+from zfnet_jax.interpret import evolution, figures, invariance, occlusion, topk
 from zfnet_jax.model import network, receptive_field
-from zfnet_jax.training import checkpointing
 
 UNITS_PER_SHEET = 64
 MAX_TILE = 48  # px: larger windows (high layers) are shrunk to this, keeping a 384-unit page light
 MIN_TILE = 24  # px: smaller windows (layer 1) are enlarged to at least this, pixel for pixel
-EVOLUTION_MAPS = 8  # feature maps per layer in the evolution figure
+ROTATION_STEP = 15.0  # degrees between the invariance curves' rotations: coarser than Fig. 5, small inline charts
 
 
-class Progress:
-  """One line per finished piece of work on stderr: what, done/total, elapsed and ETA."""
-
-  def __init__(self, total: float, stream=sys.stderr):
-    self.total, self.done, self.start, self.stream = total, 0.0, time.time(), stream
-
-  def add(self, total: float) -> None:
-    self.total += total
-
-  def step(self, what: str, amount: float = 1.0) -> None:
-    self.done += amount
-    elapsed = time.time() - self.start
-    eta = elapsed / self.done * max(self.total - self.done, 0.0) if self.done else float('nan')
-    print(f'report: {what} | {100 * self.done / max(self.total, 1e-9):3.0f}% | {elapsed:5.1f}s elapsed, '
-          f'ETA {eta:5.1f}s', file=self.stream, flush=True)
+class Run(NamedTuple):
+  """What the report reads of a training run, loaded by the caller (`visualize.load_run`)."""
+  workdir: str  # shown on the index page
+  model: network.ConvNet
+  params: Any  # at `step`
+  step: int  # the checkpoint the report is of
+  steps: Sequence[int]  # every kept checkpoint up to `step`, ascending (Fig. 4 when more than one)
+  params_at: Callable[[int], Any]  # the params of any of `steps`
+  curves: dict[str, list[dict]]  # metrics.jsonl records by split (`metric_writer.read_curves`)
 
 
 def tile_size(window: int) -> int:
@@ -83,21 +79,21 @@ def unit_cell(projections: np.ndarray, patches: np.ndarray, side: int, gap: int)
 
 
 def write_layer(out: str, layer: int, result: topk.TopKProjections, config: ml_collections.ConfigDict,
-                images: int) -> dict[str, Any]:
-  """Sprite sheets and `layerN.json` for one layer's `TopKProjections` of all its units."""
+                images: int, pixel_mean: np.ndarray | None = None) -> dict[str, Any]:
+  """Sprite sheets and `layerN.json` for one layer's `TopKProjections` of all its units (`pixel_mean`: the
+  mean image under `pixel_mean` normalisation, for `figures.to_display`)."""
   m, k = result.top.value.shape
   side, gap = tile_size(result.patch.shape[2]), 8
   filled = np.isfinite(result.top.value)
   recon = figures.reconstruction_display(result.reconstruction.reshape(m * k, *result.reconstruction.shape[2:]))
-  patch = figures.to_display(result.patch.reshape(m * k, *result.patch.shape[2:]), config)
+  patch = figures.to_display(result.patch.reshape(m * k, *result.patch.shape[2:]), config, pixel_mean)
   recon, patch = resize(recon, side).reshape(m, k, side, side, 3), resize(patch, side).reshape(m, k, side, side, 3)
   recon[~filled], patch[~filled] = 255, 255
   rows = np.stack([unit_cell(recon[i], patch[i], side, gap) for i in range(m)])
   sheets = []
   for s in range(0, m, UNITS_PER_SHEET):
-    name = f'layer{layer}_{s // UNITS_PER_SHEET}.png'
-    Image.fromarray(np.concatenate(list(rows[s:s + UNITS_PER_SHEET]), axis=0)).save(os.path.join(out, name))
-    sheets.append(name)
+    sheets.append(save_png(out, f'layer{layer}_{s // UNITS_PER_SHEET}.png',
+                           np.concatenate(list(rows[s:s + UNITS_PER_SHEET]), axis=0)))
   value = np.where(filled, result.top.value, np.nan)
   data = {'layer': layer, 'units': m, 'k': k, 'images': images, 'tile': side, 'gap': gap,
           'cell_width': int(rows.shape[2]), 'units_per_sheet': UNITS_PER_SHEET, 'sheets': sheets,
@@ -106,9 +102,16 @@ def write_layer(out: str, layer: int, result: topk.TopKProjections, config: ml_c
           'image': np.asarray(result.top.image).tolist(), 'y': np.asarray(result.top.y).tolist(),
           'x': np.asarray(result.top.x).tolist(),
           'dead': [bool(not (v[0] > 0)) for v in value]}
-  with open(os.path.join(out, f'layer{layer}.json'), 'w') as f:
-    json.dump(data, f)
+  paths.write_json(paths.join(out, f'layer{layer}.json'), data)
   return data
+
+
+def save_png(out: str, name: str, pixels: np.ndarray) -> str:
+  """Writes `[H, W, 3]` pixels (uint8, or float in [0, 1]) as `out/name`; returns `name`."""
+  if pixels.dtype != np.uint8:
+    pixels = (np.clip(pixels, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+  Image.fromarray(pixels).save(os.path.join(out, name))
+  return name
 
 
 def architecture_table(model: network.ConvNet, params: Any) -> list[dict[str, Any]]:
@@ -138,9 +141,7 @@ def write_filters(out: str, model: network.ConvNet, params: Any) -> str:
   kernel = np.moveaxis(np.asarray(params[first.name]['kernel']), -1, 0)  # [F, k, k, C_in]
   tiles = resize(figures.reconstruction_display(kernel), tile_size(first.kernel))
   grid = figures.mosaic(tiles.astype(np.float32) / 255, int(np.ceil(np.sqrt(len(tiles)))), gap=2)
-  name = f'filters_{first.name}.png'
-  Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(os.path.join(out, name))
-  return name
+  return save_png(out, f'filters_{first.name}.png', grid)
 
 
 def _colour(values: np.ndarray, side: int, cmap: str) -> np.ndarray:
@@ -151,181 +152,176 @@ def _colour(values: np.ndarray, side: int, cmap: str) -> np.ndarray:
   return np.asarray(Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).resize((side, side), Image.NEAREST))
 
 
-def write_occlusion(out: str, config, model, params, images: np.ndarray, labels: np.ndarray) -> list[dict]:
-  """Fig. 7 per image: the image, the top layer's strongest map's activity and p(true class) by square position."""
-  s = model.arch.image_size
-  size, side = max(1, s // 7), max(128, s)
-  occlude = jax.jit(occlusion.occlusion, static_argnums=(0, 4, 5))
+def write_occlusion(out: str, config: ml_collections.ConfigDict, model: network.ConvNet, params: Any,
+                    images: np.ndarray, labels: np.ndarray, pixel_mean: np.ndarray | None = None) -> list[dict]:
+  """Fig. 7 per image (`occlusion.sensitivity`, default square): the image, the top layer's strongest map's
+  activity and p(true class) by square position, side by side in one PNG."""
+  side = max(128, model.arch.image_size)
+  gap = np.full((side, 6, 3), 255, np.uint8)
   entries = []
   for i, (image, label) in enumerate(zip(images, labels)):
-    maps = occlude(model, params, jnp.asarray(image), int(label), size, max(1, size // 2))
-    probs = np.asarray(jax.nn.softmax(network.forward(model, params, image[None]).logits[0]))
-    picture = resize(figures.to_display(image[None], config), side)[0]
-    name = f'occlusion_{i}.png'
-    Image.fromarray(np.concatenate([picture, np.full((side, 6, 3), 255, np.uint8),
-                                    _colour(np.asarray(maps.activity), side, 'viridis'),
-                                    np.full((side, 6, 3), 255, np.uint8),
-                                    _colour(np.asarray(maps.probability), side, 'magma')], axis=1)
-                    ).save(os.path.join(out, name))
+    result = occlusion.sensitivity(model, params, image, int(label))
+    maps, probs = result.maps, result.probabilities
+    picture = resize(figures.to_display(image[None], config, pixel_mean), side)[0]
+    name = save_png(out, f'occlusion_{i}.png', np.concatenate(
+        [picture, gap, _colour(maps.activity, side, 'viridis'), gap, _colour(maps.probability, side, 'magma')], 1))
     entries.append({'sprite': name, 'label': int(label), 'predicted': int(np.argmax(probs)),
-                    'p_true': float(probs[label]), 'feature': int(maps.feature), 'square': size,
+                    'p_true': float(probs[label]), 'feature': int(maps.feature), 'square': result.size,
                     'activity_range': [float(np.min(maps.activity)), float(np.max(maps.activity))],
                     'probability_range': [float(np.min(maps.probability)), float(np.max(maps.probability))]})
   return entries
 
 
-def invariance_curves(model, params, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-  """Fig. 5: per transformation, the amounts and each image's feature distances (`invariance.default_layers`:
-  the first conv and last hidden layer present) and p(true class)."""
-  amounts = invariance.amounts(model.arch.image_size, rotation_step=15.0)  # coarser: small inline charts
-  curve = jax.jit(invariance.invariance, static_argnums=(0, 4))
-  result = {}
-  for kind in invariance.TRANSFORMS:
-    values = curve(model, params, jnp.asarray(images), jnp.asarray(labels), kind,
-                   jnp.asarray(amounts[kind], jnp.float32))
-    result[kind] = {'amount': amounts[kind].tolist(), **{k: np.asarray(v).tolist() for k, v in values.items()}}
-  return result
+def invariance_curves(model: network.ConvNet, params: Any, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+  """Fig. 5 (`invariance.all_transforms` at its default layers, the first conv and the last hidden layer
+  present): per transformation, the amounts and each image's feature distances and p(true class)."""
+  amounts, curves = invariance.all_transforms(model, params, images, labels, rotation_step=ROTATION_STEP)
+  return {kind: {'amount': amounts[kind].tolist(), **{k: v.tolist() for k, v in curves[kind].items()}}
+          for kind in curves}
 
 
-def write_evolution(out: str, config, workdir: str, model, steps: list[int], layer_numbers: tuple[int, ...],
-                    max_images: int, split: str, progress: Progress) -> dict[str, Any]:
-  """Fig. 4: for a few maps per layer (alive at the last checkpoint), the strongest activation projected at
-  every checkpoint. One sheet per layer: a row per map, a column per checkpoint."""
-  per_step = []
-  for step in steps:
-    _, params, _ = checkpointing.load_params(config, workdir, step)
-    per_step.append((params, topk.stream_topk(model, params, pipeline.split_batches(config, split, max_images), layer_numbers, k=1)))
-    progress.step(f'evolution: top-1 at step {step}')
-  last = per_step[-1][1]
-  channels = {}
-  for n in layer_numbers:
-    alive = np.flatnonzero(np.asarray(last[n].value)[:, 0] > 0)
-    channels[n] = alive[np.linspace(0, len(alive) - 1, min(EVOLUTION_MAPS, len(alive))).astype(int)] \
-        if len(alive) else np.arange(min(EVOLUTION_MAPS, len(last[n].value)))
-  columns = []
-  for (params, tops), step in zip(per_step, steps):
-    columns.append(topk.project_topk(model, params, pipeline.split_batches(config, split, max_images), tops, channels))
-    progress.step(f'evolution: projections at step {step}')
+def write_evolution(out: str, model: network.ConvNet, run: Run, layer_numbers: tuple[int, ...],
+                    batches: Callable, progress: progress_lib.Progress) -> dict[str, Any]:
+  """Fig. 4 (`evolution.evolution` over `run.steps`): one sheet per layer, a row per map, a column per
+  checkpoint."""
+  progress.add(2 * len(run.steps))
+  result = evolution.evolution(model, run.steps, run.params_at, batches, layer_numbers, progress=progress)
   sheets = {}
   for n in layer_numbers:
-    side = tile_size(columns[0][n].patch.shape[2])
-    tiles = np.stack([resize(figures.reconstruction_display(c[n].reconstruction[:, 0]), side) for c in columns], 1)
-    grid = figures.mosaic(tiles.reshape(-1, side, side, 3).astype(np.float32) / 255, len(steps), gap=2)
-    name = f'evolution_layer{n}.png'
-    Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(os.path.join(out, name))
-    sheets[n] = {'sprite': name, 'channels': channels[n].tolist()}
-  return {'steps': steps, 'layers': sheets}
-
-
-def read_curves(workdir: str) -> dict[str, list[dict[str, float]]]:
-  """`metrics.jsonl` split by `split` ('train', 'eval'): records in step order."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  curves: dict[str, list] = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        if line.strip():
-          record = json.loads(line)
-          curves.setdefault(record.get('split', 'train'), []).append(record)
-  return curves
+    side = tile_size(result.reconstructions[n].shape[2])
+    tiles = np.stack([resize(figures.reconstruction_display(r), side) for r in result.reconstructions[n]], 1)
+    grid = figures.mosaic(tiles.reshape(-1, side, side, 3).astype(np.float32) / 255, len(result.steps), gap=2)
+    sheets[n] = {'sprite': save_png(out, f'evolution_layer{n}.png', grid), 'channels': result.channels[n].tolist()}
+  return {'steps': result.steps, 'layers': sheets}
 
 
 class Manifest:
-  """`manifest.json`: each built part with the options it was built with; a part is reused when they match."""
+  """`manifest.json`: each built part with the options it was built with; a part is reused when they match
+  and the PNGs its result names (`sheets`, `sprite`) exist."""
 
   def __init__(self, out: str):
-    self.path = os.path.join(out, 'manifest.json')
-    self.parts: dict[str, Any] = {}
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        self.parts = json.load(f)
+    self.out, self.path = out, paths.join(out, 'manifest.json')
+    self.parts: dict[str, Any] = paths.read_json(self.path) if paths.exists(self.path) else {}
 
   def get(self, part: str, options: dict[str, Any]) -> Any:
-    """The saved result of `part` if it was built with `options`, else None."""
+    """The saved result of `part` if it was built with `options` and its files exist, else None."""
     entry = self.parts.get(part)
-    return entry['result'] if entry and entry['options'] == json.loads(json.dumps(options)) else None
+    if not entry or entry['options'] != json_value(options):
+      return None
+    return entry['result'] if all(paths.exists(paths.join(self.out, f)) for f in _files(entry['result'])) else None
 
   def put(self, part: str, options: dict[str, Any], result: Any) -> Any:
+    """Saves `result` of `part` built with `options`; returns it as the manifest holds it (JSON values)."""
     self.parts[part] = {'options': options, 'result': result}
-    with open(self.path + '.tmp', 'w') as f:
-      json.dump(self.parts, f)
-    os.replace(self.path + '.tmp', self.path)
-    return json.loads(json.dumps(result))
+    paths.write_json(self.path, self.parts)
+    return json_value(result)
+
+  def cached(self, part: str, options: dict[str, Any], make: Callable[[], Any]) -> Any:
+    """`get`, or else `make()` saved with `put`."""
+    found = self.get(part, options)
+    return found if found is not None else self.put(part, options, make())
 
 
-def build(config: ml_collections.ConfigDict, workdir: str, out: str, *, max_images: int = 1000,
-          layers: tuple[int, ...] | None = None, step: int | None = None, split: str | None = None, k: int = 9,
+def json_value(value: Any) -> Any:
+  """`value` as it comes back from JSON (tuples as lists, int keys as strings)."""
+  return json.loads(json.dumps(value))
+
+
+def _files(result: Any) -> list[str]:
+  """The file names a part's result holds under `sheets` and `sprite` keys, at any depth."""
+  if isinstance(result, list):
+    return [f for r in result for f in _files(r)]
+  if not isinstance(result, dict):
+    return []
+  return [*result.get('sheets', []), *([result['sprite']] if 'sprite' in result else []),
+          *(f for k, v in result.items() if k not in ('sheets', 'sprite') for f in _files(v))]
+
+
+class _Job(NamedTuple):
+  """One `build`: what every part reads."""
+  config: ml_collections.ConfigDict
+  out: str
+  run: Run
+  split: str
+  max_images: int
+  manifest: Manifest
+  options: dict[str, Any]  # every part's options: step, config, split, images
+  progress: progress_lib.Progress
+  pixel_mean: np.ndarray | None
+
+  def batches(self):
+    return pipeline.split_batches(self.config, self.split, self.max_images)
+
+
+def build(config: ml_collections.ConfigDict, out: str, run: Run, *, max_images: int = 1000,
+          layers: tuple[int, ...] | None = None, split: str | None = None, k: int = 9,
           occlusion_images: int = 3, invariance_images: int = 3) -> dict[str, Any]:
   """Builds every part the site shows into `out` (reusing parts built before with the same options).
 
-  Returns the site's data: `{'config', 'step', 'architecture', 'curves', 'filters', 'layers': {n: layer
-  data}, 'occlusion', 'invariance', 'evolution'}` (`invariance` None for networks without layer 7,
-  `evolution` None with a single checkpoint).
+  Returns the site's data: `{'config', 'step', 'split', 'workdir', 'architecture', 'curves', 'filters',
+  'layers': {n: layer data}, 'occlusion', 'invariance', 'evolution', 'eval'}` (`evolution` None with a
+  single checkpoint, `eval` None without an evaluation up to the step).
   """
-  os.makedirs(out, exist_ok=True)
-  split = split or config.dataset.eval_split
-  model, params, step = checkpointing.load_params(config, workdir, step)
-  present = tuple(c.layer for c in model.arch.convs)
+  present = tuple(c.layer for c in run.model.arch.convs)
   layers = tuple(layers or present)
   if not set(layers) <= set(present):
     raise ValueError(f'--layers must name conv layers of this network, {list(present)}; got {list(layers)}')
-  mngr = checkpointing.manager(workdir)
-  all_steps = [s for s in mngr.all_steps() if s <= step]
-  mngr.close()
-  manifest = Manifest(out)
-  base = {'step': step, 'config': config.to_json(), 'split': split, 'max_images': max_images, 'version': 1}
-  wanted = {n: {**base, 'k': k} for n in layers}
-  todo = [n for n in layers if manifest.get(f'layer{n}', wanted[n]) is None
-          or not all(os.path.exists(os.path.join(out, s)) for s in manifest.get(f'layer{n}', wanted[n])['sheets'])]
-  n_batches = -(-min(max_images, pipeline.eval_batches(config, split)[2]) // config.eval_batch_size) if todo else 0
-  progress = Progress(2 * n_batches + len(todo) + 2)
+  split = split or config.dataset.eval_split
+  paths.makedirs(out)
+  options = {'step': run.step, 'config': config.to_json(), 'split': split, 'max_images': max_images, 'version': 1}
+  job = _Job(config, out, run, split, max_images, Manifest(out), options,
+             progress_lib.Progress(2, what='report', unit='tasks'), squares.pixel_mean(config))
+  data = {'config': str(config), 'step': run.step, 'split': split, 'workdir': paths.absolute(run.workdir),
+          'architecture': architecture_table(run.model, run.params), 'curves': run.curves,
+          'filters': write_filters(out, run.model, run.params), 'layers': _layer_parts(job, layers, k)}
+  data.update(_analysis_parts(job, layers, occlusion_images, invariance_images))
+  data['eval'] = ([r for r in run.curves.get('eval', []) if r['step'] <= run.step] or [None])[-1]
+  return data
 
-  data: dict[str, Any] = {'config': str(config), 'step': step, 'split': split, 'workdir': os.path.abspath(workdir),
-                          'architecture': architecture_table(model, params), 'curves': read_curves(workdir),
-                          'filters': write_filters(out, model, params), 'layers': {}}
+
+def _layer_parts(job: _Job, layers: tuple[int, ...], k: int) -> dict[int, Any]:
+  """Each layer's data, built for the layers whose saved part does not match: one top-k pass over the
+  images for all of them, one projection pass."""
+  options = {**job.options, 'k': k}
+  todo = [n for n in layers if job.manifest.get(f'layer{n}', options) is None]
   if todo:
-    seen = []
+    _, _, size = pipeline.eval_batches(job.config, job.split)
+    job.progress.add(2 * -(-min(job.max_images, size) // job.config.eval_batch_size) + len(todo))
+    seen: list[int] = []
+
     def counted(what):
-      for batch in pipeline.split_batches(config, split, max_images):
+      for batch in job.batches():
         seen.append(int(np.sum(batch['mask'] > 0)))
         yield batch
-        progress.step(what)
+        job.progress.advance(1, what)
+    model, params = job.run.model, job.run.params
     tops = topk.stream_topk(model, params, counted('top-k pass over all layers'), todo, k=k)
     images = sum(seen)
     channels = {n: np.arange(len(np.asarray(tops[n].value))) for n in todo}
     results = topk.project_topk(model, params, counted('projecting every unit\'s top k'), tops, channels)
     for n in todo:
-      manifest.put(f'layer{n}', wanted[n], write_layer(out, n, results[n], config, images))
-      progress.step(f'layer {n}: {len(channels[n])} units drawn')
-    del results
-  for n in layers:
-    data['layers'][n] = manifest.get(f'layer{n}', wanted[n])
+      job.manifest.put(f'layer{n}', options, write_layer(job.out, n, results[n], job.config, images, job.pixel_mean))
+      job.progress.advance(1, f'layer {n}: {len(channels[n])} units drawn')
+  return {n: job.manifest.get(f'layer{n}', options) for n in layers}
 
-  picked: list = []
-  def picks():  # read only when a part needs them
-    if not picked:
-      picked.extend(pipeline.first_images(config, split, lambda i, label: True,
-                                          max(occlusion_images, invariance_images))[:2])
-    return picked
-  options = {**base, 'count': occlusion_images}
-  data['occlusion'] = manifest.get('occlusion', options)
-  if data['occlusion'] is None:
-    data['occlusion'] = manifest.put('occlusion', options, write_occlusion(
-        out, config, model, params, picks()[0][:occlusion_images], picks()[1][:occlusion_images]))
-  progress.step('occlusion maps')
-  options = {**base, 'count': invariance_images}
-  data['invariance'] = manifest.get('invariance', options)
-  if data['invariance'] is None:
-    data['invariance'] = manifest.put('invariance', options, invariance_curves(
-        model, params, picks()[0][:invariance_images], picks()[1][:invariance_images]))
-  progress.step('invariance curves')
-  data['evolution'] = None
-  if len(all_steps) > 1:
-    options = {**base, 'steps': all_steps, 'layers': list(layers)}
-    data['evolution'] = manifest.get('evolution', options)
-    if data['evolution'] is None:
-      progress.add(2 * len(all_steps))
-      data['evolution'] = manifest.put('evolution', options, write_evolution(
-          out, config, workdir, model, all_steps, layers, max_images, split, progress))
-  data['eval'] = ([r for r in data['curves'].get('eval', []) if r['step'] <= step] or [None])[-1]
-  return data
+
+def _analysis_parts(job: _Job, layers: tuple[int, ...], occlusion_images: int,
+                    invariance_images: int) -> dict[str, Any]:
+  """Occlusion maps and invariance curves of the split's first images, and evolution over the run's
+  checkpoints when it kept several."""
+  model, params, run = job.run.model, job.run.params, job.run
+  picked = functools.cache(lambda: pipeline.first_images(
+      job.config, job.split, lambda i, label: True, max(occlusion_images, invariance_images))[:2])
+  parts = {'occlusion': job.manifest.cached('occlusion', {**job.options, 'count': occlusion_images}, lambda: (
+      write_occlusion(job.out, job.config, model, params, *(a[:occlusion_images] for a in picked()),
+                      pixel_mean=job.pixel_mean)))}
+  job.progress.advance(1, 'occlusion maps')
+  parts['invariance'] = job.manifest.cached('invariance', {**job.options, 'count': invariance_images}, lambda: (
+      invariance_curves(model, params, *(a[:invariance_images] for a in picked()))))
+  job.progress.advance(1, 'invariance curves')
+  parts['evolution'] = None
+  if len(run.steps) > 1:
+    options = {**job.options, 'steps': list(run.steps), 'layers': list(layers)}
+    parts['evolution'] = job.manifest.cached('evolution', options, lambda: (
+        write_evolution(job.out, model, run, layers, job.batches, job.progress)))
+  return parts

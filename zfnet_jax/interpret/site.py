@@ -107,9 +107,11 @@ def index_page(data: dict[str, Any]) -> str:
       f'{sum(data["layers"][n]["dead"])} dead</li>' for n in layers)
   body = f"""<h1>Report: step {data['step']} of {html.escape(data['workdir'])}</h1>
 <p>Checkpoint step {data['step']}; evaluation: {html.escape(figures)}.</p>
-<h2>Layers</h2><ul>{layer_links}<li><a href="analyses.html">occlusion (Fig. 7), invariance (Fig. 5), evolution (Fig. 4)</a></li></ul>
+<h2>Layers</h2><ul>{layer_links}
+<li><a href="analyses.html">occlusion (Fig. 7), invariance (Fig. 5), evolution (Fig. 4)</a></li></ul>
 <h2>Architecture</h2>
-<table><tr><th>layer</th><th>kind</th><th>shape</th><th>maps</th><th>map size</th><th>receptive field</th><th>parameters</th></tr>
+<table><tr><th>layer</th><th>kind</th><th>shape</th><th>maps</th><th>map size</th><th>receptive field</th>
+<th>parameters</th></tr>
 {rows}<tr><td></td><td>total</td><td></td><td></td><td></td><td></td><td>{total:,}</td></tr></table>
 <h2>Training curves</h2><div class="charts">{''.join(charts) or '<p>no metrics.jsonl in the workdir</p>'}</div>
 <h2>Layer-1 filters (Fig. 6)</h2>

@@ -19,6 +19,7 @@ from zfnet_jax import parallel
 from zfnet_jax.interpret import deconvnet
 from zfnet_jax.model import network, receptive_field
 
+
 class TopK(NamedTuple):
   """The k strongest activations of every feature map, one per image, strongest first; all `[C, k]`."""
   value: jax.Array  # float32; -inf in slots no image has filled yet
@@ -159,3 +160,14 @@ def choose_maps(top: TopK, count: int, rng: np.random.Generator) -> np.ndarray:
   alive, dead = np.flatnonzero(value > 0), np.flatnonzero(value <= 0)
   picked = rng.choice(alive, min(count, len(alive)), replace=False)
   return np.sort(np.concatenate([picked, dead[:count - len(picked)]]))
+
+
+def top_projections(model: network.ConvNet, params: Any, batches: Callable[[], Iterable[dict[str, np.ndarray]]],
+                    layer_numbers: Iterable[int], k: int, maps: int,
+                    rng: np.random.Generator) -> tuple[dict[int, TopK], dict[int, TopKProjections]]:
+  """Fig. 2: `(the top k of every map of each layer, the projections of `maps` of them per layer)` over the
+  stream `batches()` returns (read twice), the maps chosen by `choose_maps`."""
+  layer_numbers = tuple(layer_numbers)
+  tops = stream_topk(model, params, batches(), layer_numbers, k=k)
+  channels = {n: choose_maps(tops[n], maps, rng) for n in layer_numbers}
+  return tops, project_topk(model, params, batches(), tops, channels)
