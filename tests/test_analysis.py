@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import config_path, record, small_net
-from zfnet_jax import benchmark, config_lib, parallel
+from zfnet_jax import benchmarks, config_lib, parallel
 from zfnet_jax.interpret import correspondence, deconvnet, evolution, invariance, occlusion, topk
 from zfnet_jax.model import network
 
@@ -138,11 +138,11 @@ def test_benchmark_deconv_and_occlusion_records():
   config = config_lib.load(config_path('digits'), {  # small and fast to compile; without layers 3 and 4
       'model.kernel_init': 'paper', 'model.remove_layers': (3, 4), 'model.conv_features': (8, 8, 8, 8, 8),
       'model.fc_features': (16, 16)})
-  options = benchmark.Options(config_path='configs/digits.py', steps=1, warmup=0)
-  deconv = benchmark.BENCHMARKS['deconv'](config, options)
+  options = benchmarks.Options(config_path='configs/digits.py', steps=1, warmup=0)
+  deconv = benchmarks.BENCHMARKS['deconv'](config, options)
   assert [r['layer'] for r in deconv] == [1, 2, 5] and [r['batch'] for r in deconv] == [8, 8, 8]
   assert all(0 < r['projections_per_s'] < r['images_per_s'] and r['flops_per_step'] > 0 for r in deconv)
-  [occlusion] = benchmark.BENCHMARKS['occlusion'](config, options)
+  [occlusion] = benchmarks.BENCHMARKS['occlusion'](config, options)
   assert (occlusion['window'], occlusion['stride'], occlusion['positions']) == (9, 4, 196)
   assert occlusion['seconds_per_image'] > 0 and occlusion['what'] == 'occlusion'
 

@@ -1,6 +1,6 @@
 """`occlusion`: Fig. 7's occlusion maps (`occlusion.occlusion`) of one synthetic image through random weights.
 
-A grey square of side image_size // 7 (32 px at 224) slid at stride side // 2, all three maps (class 0's
+Fig. 7's default square (`occlusion.square`: side image_size / 7, 32 px at 224, stride half the side), all three maps (class 0's
 probability), positions in chunks of 16. One record; `batch` is the one image, `positions` the squares. The
 reference (Captum's `Occlusion` on a PyTorch ZFNet) is outside the package: docs/PERFORMANCE.md.
 """
@@ -25,8 +25,7 @@ def run(config: ml_collections.ConfigDict, options: harness.Options) -> list[har
   model = network.create_model(config)
   params = harness.random_params(model, config)
   image = jax.device_put(harness.synthetic_images(config, 1)[0])
-  size = max(1, config.model.image_size // 7)
-  stride = max(1, size // 2)
+  size, stride = occlusion.square(config.model.image_size)
   positions = len(range(0, config.model.image_size - size + 1, stride)) ** 2
   occlude = lambda chunk: jax.jit(functools.partial(occlusion.occlusion, model, size=size, stride=stride, chunk=chunk))
   compiled, compile_s = harness.compile_timed(occlude(CHUNK), params, image, 0)
