@@ -2,7 +2,8 @@
 
 Fig. 7's default square (`occlusion.square`: side image_size / 7, 32 px at 224, stride half the side), all
 three maps (class 0's probability), positions in chunks of 16. One record; `batch` is the one image,
-`positions` the squares. The reference (Captum's `Occlusion` on a PyTorch ZFNet) is outside the package: docs/PERFORMANCE.md.
+`positions` the squares. The reference (Captum's `Occlusion` on a PyTorch ZFNet) is outside the package:
+docs/PERFORMANCE.md.
 """
 from __future__ import annotations
 
