@@ -11,14 +11,15 @@ above 0.056 cycles/px, so the filter components above it get no gradient and kee
 initialisation, which the deconvnet passes up as grain. Decay is the term that removes weights the
 data never asks for. Measured (`scripts/digits_graininess.py`: share of spectral energy above 0.2
 cycles/px in the layer-2 top-9 projections of every unit over the test split; white noise ~0.8):
-without decay 0.50 / 0.42 (seeds 0 / 1), with 1e-2 0.18 / 0.13; test top-1 98.33 / 98.89% without,
-97.50 / 98.06% with: about 0.8 points (3 test images) for projections with a third of the grain.
-5e-3 costs nothing measurable (98.61%) but removes less (0.33); 3e-2 removes more (0.10) at 95.83%.
+without decay 0.52 / 0.49 (seeds 0 / 1), with 1e-2 0.16 / 0.16; test top-1 98.61 / 98.61% without,
+97.22 / 98.61% with: about 0.7 points for projections with a third of the grain (README, "Weight decay
+for readable projections", 2026-11-30). 3e-3 removes less (0.34); 3e-2 removes more (0.10) but stalled
+at 47% with seed 0, and 5e-3 seed 0 never trained: this recipe is at the edge of stability.
 `--config.optim.weight_decay=0` trains the most accurate network.
 
   python -m zfnet_jax.train --config configs/digits.py --workdir runs/digits
 
-Expected: about 97.5-98% test top-1 after 30 epochs, in 1-3 minutes on a 2-core CPU. Re-running the
+Expected: about 97-98.6% test top-1 after 30 epochs, in 1-3 minutes on a 2-core CPU. Re-running the
 same command resumes from the last checkpoint (a finished run just re-evaluates).
 """
 from zfnet_jax import config_lib
