@@ -1,4 +1,5 @@
-"""The deconvnet: filtering as the conv's transpose, projection against the vjp formulation, linearity."""
+"""The deconvnet: filtering as the conv's transpose, projection against the vjp formulation
+(deconv_reference.py), linearity."""
 import functools
 
 import jax
@@ -6,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import deconv_reference
 from conftest import LAYOUTS, record, small_net
 from zfnet_jax.interpret import deconvnet
 from zfnet_jax.model import receptive_field
+
 
 @pytest.mark.parametrize('kernel,stride,channels_in', [(5, 2, 8), (7, 2, 1), (3, 1, 8), (11, 4, 16), (4, 3, 8)])
 def test_filter_down_is_the_transpose_of_the_conv(kernel, stride, channels_in):
@@ -28,12 +31,12 @@ def test_filter_down_is_the_transpose_of_the_conv(kernel, stride, channels_in):
   assert not np.any(np.asarray(expected[:, size:])) and not np.any(np.asarray(expected[:, :, size:]))
 
 
-_forward_with_deconv_rules = jax.jit(deconvnet.forward_with_deconv_rules, static_argnums=(0, 3))
+_forward_with_deconv_rules = jax.jit(deconv_reference.forward_with_deconv_rules, static_argnums=(0, 3))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _by_vjp(arch, params, images, layer, seeds):
-  one = lambda s: deconvnet.project_by_vjp(arch, params, images[s.image], layer, s.channel, s.y, s.x, s.value)
+  one = lambda s: deconv_reference.project_by_vjp(arch, params, images[s.image], layer, s.channel, s.y, s.x, s.value)
   return jax.vmap(one)(seeds)
 
 
