@@ -1,6 +1,6 @@
-"""The input: squares prepared once, Grain batches that are a function of (seed, step, batch) on any host
-count, on-device crops, and ImageNet-format archives through the real tfds builder, trained, killed,
-resumed and evaluated."""
+"""The input: squares prepared once, on-device crops, and ImageNet-format archives through the real tfds
+builder, trained, killed, resumed and evaluated. (Train and eval batches over drawn batch sizes, hosts,
+steps and class subsets: test_properties.py.)"""
 import json
 import os
 import signal
@@ -21,49 +21,6 @@ from zfnet_jax.data import augment, pipeline, preprocess, sources, squares
 from zfnet_jax.training import checkpointing, evaluation
 
 
-def test_training_batches_are_a_function_of_the_step(tfds_dir):
-  config = digits_config(tfds_dir)  # 22 steps per epoch: batch 27 of a fresh start is in epoch 2
-  from_start, spe = pipeline.train_batches(config, start_step=0)
-  first = [next(from_start) for _ in range(27)]
-  resumed, _ = pipeline.train_batches(config, start_step=20)
-  assert spe == 22 and first[0]['image'].dtype == np.uint8 and first[0]['image'].shape == (64, 72, 72, 1)
-  for i in range(20, 27):
-    b = next(resumed)
-    np.testing.assert_array_equal(b['image'], first[i]['image'])
-    np.testing.assert_array_equal(b['label'], first[i]['label'])
-  assert not np.array_equal(first[0]['label'], first[22]['label'])  # epochs are shuffled differently
-  # an epoch's batches hold distinct examples, in the shuffled order of (seed, epoch)
-  records = pipeline.open_split(config, 'train')
-  order = np.random.default_rng([config.seed, 1]).permutation(len(records))
-  np.testing.assert_array_equal(first[22]['label'], records.labels[order[:64]])
-
-
-@pytest.mark.parametrize('hosts,start', [(2, 0), (4, 21)])
-def test_hosts_batches_concatenated_are_one_hosts_batch(tfds_dir, hosts, start):
-  config = digits_config(tfds_dir, batch_size=16)
-  one, _ = pipeline.train_batches(config, start)
-  parts = [pipeline.train_batches(config, start, p, hosts)[0] for p in range(hosts)]
-  for _ in range(3):  # (4, 21): across the end of epoch 0 (89 steps of 16)
-    whole, host = next(one), [next(p) for p in parts]
-    for k in ('image', 'label'):
-      np.testing.assert_array_equal(np.concatenate([h[k] for h in host]), whole[k])
-
-
-def test_eval_batches_cover_the_split_once_on_any_host_count(tfds_dir):
-  config = digits_config(tfds_dir, eval_batch_size=48)  # 360 = 7 x 48 + 24
-  records = pipeline.open_split(config, 'test')
-  key = lambda image, label: image.tobytes() + bytes([int(label)])
-  expected = sorted(key(**records.example(k)) for k in range(len(records)))
-  for hosts in (1, 3):
-    got = []
-    for p in range(hosts):
-      batches, num_steps, n = pipeline.eval_batches(config, None, p, hosts, squares_only=True)
-      batches = list(batches)
-      assert len(batches) == num_steps == 8 and n == 360
-      got += [key(i, l) for b in batches for i, l, m in zip(b['image'], b['label'], b['mask']) if m]
-    assert sorted(got) == expected
-
-
 def test_squares_are_the_source_images_resized_and_cropped_with_their_mean(tfds_dir):
   config = digits_config(tfds_dir)
   b = squares.prepare(config)
@@ -75,10 +32,6 @@ def test_squares_are_the_source_images_resized_and_cropped_with_their_mean(tfds_
     assert records.labels[k] == ex['label']
   everything = np.stack([records.example(k)['image'] for k in range(len(records))]).astype(np.float64)
   np.testing.assert_allclose(squares.split_file(b, 'mean', 'train'), everything.mean(0), rtol=1e-5)
-  # a class subset is read from the stored labels and relabelled in the given order
-  subset = pipeline.open_split(digits_config(tfds_dir, dataset__classes=(7, 2), model__num_classes=2), 'train')
-  assert len(subset) == np.sum(np.isin(records.labels, (7, 2)))
-  np.testing.assert_array_equal(subset.labels, np.where(records.labels[subset.index] == 7, 0, 1))
 
 
 def test_other_processes_wait_for_process_0_and_then_say_what_to_do(tfds_dir):
