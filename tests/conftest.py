@@ -1,8 +1,15 @@
 """Shared fixtures. The whole session sees 8 CPU devices, so sharded and 1-device runs can be compared.
 
-Compile time dominates these tests: fixtures that train are session-scoped and shared.
+Compile time dominates these tests: fixtures that train are session-scoped and shared, and one persistent
+XLA cache serves the session and every process it starts (CLI runs, notebook kernels). Each
+`train_and_evaluate`, each launch, jits its steps anew, and a new `jax.jit` of the same program compiles
+it again (~10 s of CPU for the digits train step) unless the cache has it; the cache hands back the same
+executable, so results stay bit-identical.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 # Collectives between the 8 fake devices wait for all 8 threads; on a loaded 2-core machine that can take
 # longer than XLA's 40 s default before it aborts the process.
@@ -11,6 +18,11 @@ PATIENT_COLLECTIVES = ('--xla_cpu_collective_call_terminate_timeout_seconds=900 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8 '
                            + PATIENT_COLLECTIVES)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # before JAX is imported: it reads these once
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='zfnet_tests_xla_cache_')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.1'  # programs, not single eager operations
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
 import functools  # noqa: E402
 
@@ -23,7 +35,7 @@ from zfnet_jax import config_lib  # noqa: E402
 from zfnet_jax.data import sources  # noqa: E402
 from zfnet_jax.interpret import deconvnet  # noqa: E402
 from zfnet_jax.model import network  # noqa: E402
-from zfnet_jax.training import loop
+from zfnet_jax.training import loop  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,12 +60,17 @@ def digits_config(tfds_dir: str, **overrides):
       'dataset.data_dir': tfds_dir, **{k.replace('__', '.'): v for k, v in overrides.items()}})
 
 
+# The shared short digits run: 4 epochs of 22 steps at a constant learning rate (also test_train.py's golden steps)
+TRAINED_DIGITS = dict(num_epochs=4, eval_every_epochs=4, log_every_steps=1000, optim__schedule='constant',
+                      optim__warmup_epochs=0.0)
+
+
 @pytest.fixture(scope='session')
 def trained_digits(tfds_dir, tmp_path_factory):
-  """`(config, workdir)` of a short real digits run (4 epochs, 20-45% test top-1 by seed; chance is 10%) with a checkpoint."""
+  """`(config, workdir)` of a short real digits run (4 epochs, 20-45% test top-1 by seed; chance is 10%) with a
+  checkpoint."""
   workdir = str(tmp_path_factory.mktemp('digits_run'))
-  config = digits_config(tfds_dir, num_epochs=4, eval_every_epochs=4, log_every_steps=1000,
-                         optim__schedule='constant', optim__warmup_epochs=0.0)
+  config = digits_config(tfds_dir, **TRAINED_DIGITS)
   loop.train_and_evaluate(config, workdir)
   return config, workdir
 
