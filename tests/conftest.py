@@ -7,9 +7,15 @@ it again (~10 s of CPU for the digits train step) unless the cache has it; the c
 executable, so results stay bit-identical.
 """
 import atexit
+import contextlib
+import io
 import os
+import runpy
 import shutil
+import sys
 import tempfile
+from typing import NamedTuple
+from unittest import mock
 
 # Collectives between the 8 fake devices wait for all 8 threads; on a loaded 2-core machine that can take
 # longer than XLA's 40 s default before it aborts the process.
@@ -73,6 +79,37 @@ def trained_digits(tfds_dir, tmp_path_factory):
   config = digits_config(tfds_dir, **TRAINED_DIGITS)
   loop.train_and_evaluate(config, workdir)
   return config, workdir
+
+
+class ImageNet(NamedTuple):
+  manual_dir: str  # scripts/make_imagenet_archives.py's ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar
+  data_dir: str  # the tfds data dir scripts/prepare_imagenet.py prepared: imagenet2012 and its squares
+  prepare_output: str  # what prepare_imagenet.py printed
+
+
+# A tiny ZFNet on 112 px squares, 99 px crops: the ImageNet path in seconds.
+TINY_IMAGENET = ['--config.model.conv_features=8,6,8,8,6', '--config.model.fc_features=16,16',
+                 '--config.model.image_size=99', '--config.input.resize_size=112']
+
+
+def run_script(name: str, *args: str) -> str:
+  """Runs `scripts/NAME` as `python scripts/NAME ARGS...` would, in this process (no interpreter to start, no
+  imports to repeat); returns what it printed. A failing script raises, e.g. `SystemExit` with its message."""
+  out = io.StringIO()
+  with mock.patch.object(sys, 'argv', [name, *args]), contextlib.redirect_stdout(out):
+    runpy.run_path(os.path.join(REPO, 'scripts', name), run_name='__main__')
+  return out.getvalue()
+
+
+@pytest.fixture(scope='session')
+def imagenet(tmp_path_factory) -> ImageNet:
+  """Small ImageNet-format archives (24 train images in 4 synsets, 8 validation) prepared the way the README says:
+  tfds's own `imagenet2012` builder, then 112 px squares. tests/test_scripts.py checks what both scripts made."""
+  root = tmp_path_factory.mktemp('imagenet')
+  manual, data = str(root / 'manual'), str(root / 'tfds')
+  run_script('make_imagenet_archives.py', '--out', manual, '--max_side', '160')
+  return ImageNet(manual, data, run_script('prepare_imagenet.py', '--manual_dir', manual, '--data_dir', data,
+                                           *TINY_IMAGENET))
 
 
 # Small nets with odd map sizes, so striding and pooling leave remainders: floor pooling (the seed's
