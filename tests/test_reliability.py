@@ -179,7 +179,7 @@ def test_nonfinite_gradients_with_a_finite_loss_are_caught_at_their_step_and_nev
 def test_sigterm_at_the_last_step_never_returns_a_stale_eval_and_resume_draws_one_curve(tfds_dir, tmp_path,
                                                                                         monkeypatch):
   config = digits_config(tfds_dir, batch_size=16, num_train_steps=6, checkpoint_every_steps=4, log_every_steps=1,
-                         eval_every_epochs=0.04, profile_steps=(5, 6))  # 89 steps per epoch: evals at 3 and 6
+                         eval_every_epochs=3 / 89, profile_steps=(5, 6))  # 89 steps per epoch: evals at 3 and 6
   # One seam, `loop.set_up`: the run it returns gets a real SIGTERM to this process with the last batch, and
   # counts when steps are dispatched and when each step's train metrics are written.
   set_up, dispatched, written_at = loop.set_up, [], {}
@@ -269,5 +269,5 @@ def test_disk_filling_up_during_a_save_keeps_the_previous_checkpoint(tfds_dir, t
       loop.train_and_evaluate(config, str(disk / 'run'))
     _, params, step = checkpointing.load_params(config, str(disk / 'run'))
     assert step == 2 and all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params))
-  finally:
-    subprocess.run(['umount', str(disk)])
+  finally:  # lazily: TensorStore may still hold files there open; the mount goes when they close
+    subprocess.run(['umount', '--lazy', str(disk)])
