@@ -7,9 +7,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from zfnet_jax.model import layers
+
+pytestmark = pytest.mark.usefixtures('quick_compile')
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 

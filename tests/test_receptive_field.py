@@ -10,6 +10,8 @@ from conftest import config_path, random_params, small_config
 from zfnet_jax import config_lib
 from zfnet_jax.model import network, receptive_field
 
+pytestmark = pytest.mark.usefixtures('quick_compile')
+
 
 @st.composite
 def architectures(draw):
