@@ -59,7 +59,8 @@ def write_archives(out: str, classes: int = 4, per_class: int = 6, val: int = 8,
   import tensorflow_datasets as tfds
   labels_dir = os.path.join(os.path.dirname(tfds.__file__), 'datasets', 'imagenet2012')
   synsets = open(os.path.join(labels_dir, 'labels.txt')).read().split()
-  chosen = ['n01739381', 'n02105855'] + [s for s in synsets if s not in ('n01739381', 'n02105855')][:max(0, classes - 2)]
+  special = ['n01739381', 'n02105855']  # the synsets of the CMYK and the PNG train files
+  chosen = special + [s for s in synsets if s not in special][:max(0, classes - 2)]
   rng, photos = np.random.default_rng(seed), _photos()
   os.makedirs(out, exist_ok=True)
   with tarfile.open(os.path.join(out, 'ILSVRC2012_img_train.tar'), 'w') as train:

@@ -38,7 +38,7 @@ def main() -> None:
   config.dataset.data_dir = args.data_dir
   sources.hide_accelerators_from_tf()
   source = sources.get_builder(config.dataset)
-  print(f'imagenet2012 prepared in {source.data_dir}:', {k: v.num_examples for k, v in source.info.splits.items()})
+  print(f'imagenet2012 prepared in {source.data_dir}:', {str(k): v.num_examples for k, v in source.info.splits.items()})
   b = squares.prepare(config, process_index=0)
   print(f'squares prepared in {b.data_dir}:', {k: v.num_examples for k, v in b.info.splits.items()})
 

@@ -7,8 +7,8 @@
   python scripts/tpu_vm.py logs   --name zf --zone us-central2-b --to runs/zf_logs
   python scripts/tpu_vm.py delete --name zf --zone us-central2-b
 
-`--dry-run` prints the exact commands instead of running them. `copy` sends the committed tree (`git archive`). `run` starts
-`python -m zfnet_jax.train ... --distributed` on all workers at once (each worker is one JAX process;
+`--dry-run` prints the exact commands instead of running them. `copy` sends the committed tree (`git archive`).
+`run` starts `python -m zfnet_jax.train ... --distributed` on all workers at once (each worker is one JAX process;
 `jax.distributed.initialize()` finds the others), in the background under nohup with its output in
 ~/zfnet_train.log, so a dropped SSH session does not stop training; re-running `run` after a preemption
 resumes from the latest checkpoint in the workdir. The workdir and data dir must be storage every worker

@@ -1,8 +1,21 @@
 """Shared fixtures. The whole session sees 8 CPU devices, so sharded and 1-device runs can be compared.
 
-Compile time dominates these tests: fixtures that train are session-scoped and shared.
+Compile time dominates these tests: fixtures that train are session-scoped and shared, and one persistent
+XLA cache serves the session and every process it starts (CLI runs, notebook kernels). Each
+`train_and_evaluate`, each launch, jits its steps anew, and a new `jax.jit` of the same program compiles
+it again (~10 s of CPU for the digits train step) unless the cache has it; the cache hands back the same
+executable, so results stay bit-identical.
 """
+import atexit
+import contextlib
+import io
 import os
+import runpy
+import shutil
+import sys
+import tempfile
+from typing import NamedTuple
+from unittest import mock
 
 # Collectives between the 8 fake devices wait for all 8 threads; on a loaded 2-core machine that can take
 # longer than XLA's 40 s default before it aborts the process.
@@ -11,6 +24,11 @@ PATIENT_COLLECTIVES = ('--xla_cpu_collective_call_terminate_timeout_seconds=900 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8 '
                            + PATIENT_COLLECTIVES)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # before JAX is imported: it reads these once
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='zfnet_tests_xla_cache_')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.1'  # programs, not single eager operations
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
 import functools  # noqa: E402
 
@@ -23,7 +41,7 @@ from zfnet_jax import config_lib  # noqa: E402
 from zfnet_jax.data import sources  # noqa: E402
 from zfnet_jax.interpret import deconvnet  # noqa: E402
 from zfnet_jax.model import network  # noqa: E402
-from zfnet_jax.training import loop
+from zfnet_jax.training import loop  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,14 +66,63 @@ def digits_config(tfds_dir: str, **overrides):
       'dataset.data_dir': tfds_dir, **{k.replace('__', '.'): v for k, v in overrides.items()}})
 
 
+# The shared short digits run: 4 epochs of 22 steps at a constant learning rate (also test_train.py's golden steps)
+TRAINED_DIGITS = dict(num_epochs=4, eval_every_epochs=4, log_every_steps=1000, optim__schedule='constant',
+                      optim__warmup_epochs=0.0)
+
+
 @pytest.fixture(scope='session')
 def trained_digits(tfds_dir, tmp_path_factory):
-  """`(config, workdir)` of a short real digits run (4 epochs, 20-45% test top-1 by seed; chance is 10%) with a checkpoint."""
+  """`(config, workdir)` of a short real digits run (4 epochs, 20-45% test top-1 by seed; chance is 10%) with a
+  checkpoint."""
   workdir = str(tmp_path_factory.mktemp('digits_run'))
-  config = digits_config(tfds_dir, num_epochs=4, eval_every_epochs=4, log_every_steps=1000,
-                         optim__schedule='constant', optim__warmup_epochs=0.0)
+  config = digits_config(tfds_dir, **TRAINED_DIGITS)
   loop.train_and_evaluate(config, workdir)
   return config, workdir
+
+
+@pytest.fixture
+def quick_compile():
+  """XLA without most optimisations, for a test whose programs are small and run a few times: they compile about
+  twice as fast (the deconvnet's projections: 6.5 s -> 3.5 s of CPU); results differ from the optimised ones by
+  float reordering only. A module opts in with `pytestmark = pytest.mark.usefixtures('quick_compile')`; training
+  runs many steps and stays optimised. JAX's in-memory caches do not key on the setting, so they are emptied
+  afterwards: no later test runs a program compiled here (the persistent cache keys on it and keeps both)."""
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', False)
+  jax.clear_caches()
+
+
+class ImageNet(NamedTuple):
+  manual_dir: str  # scripts/make_imagenet_archives.py's ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar
+  data_dir: str  # the tfds data dir scripts/prepare_imagenet.py prepared: imagenet2012 and its squares
+  prepare_output: str  # what prepare_imagenet.py printed
+
+
+# A tiny ZFNet on 112 px squares, 99 px crops: the ImageNet path in seconds.
+TINY_IMAGENET = ['--config.model.conv_features=8,6,8,8,6', '--config.model.fc_features=16,16',
+                 '--config.model.image_size=99', '--config.input.resize_size=112']
+
+
+def run_script(name: str, *args: str) -> str:
+  """Runs `scripts/NAME` as `python scripts/NAME ARGS...` would, in this process (no interpreter to start, no
+  imports to repeat); returns what it printed. A failing script raises, e.g. `SystemExit` with its message."""
+  out = io.StringIO()
+  with mock.patch.object(sys, 'argv', [name, *args]), contextlib.redirect_stdout(out):
+    runpy.run_path(os.path.join(REPO, 'scripts', name), run_name='__main__')
+  return out.getvalue()
+
+
+@pytest.fixture(scope='session')
+def imagenet(tmp_path_factory) -> ImageNet:
+  """Small ImageNet-format archives (24 train images in 4 synsets, 8 validation) prepared the way the README says:
+  tfds's own `imagenet2012` builder, then 112 px squares. tests/test_scripts.py checks what both scripts made."""
+  root = tmp_path_factory.mktemp('imagenet')
+  manual, data = str(root / 'manual'), str(root / 'tfds')
+  run_script('make_imagenet_archives.py', '--out', manual, '--max_side', '160')
+  return ImageNet(manual, data, run_script('prepare_imagenet.py', '--manual_dir', manual, '--data_dir', data,
+                                           *TINY_IMAGENET))
 
 
 # Small nets with odd map sizes, so striding and pooling leave remainders: floor pooling (the seed's

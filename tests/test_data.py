@@ -1,6 +1,6 @@
-"""The input: squares prepared once, Grain batches that are a function of (seed, step, batch) on any host
-count, on-device crops, and ImageNet-format archives through the real tfds builder, trained, killed,
-resumed and evaluated."""
+"""The input: squares prepared once, on-device crops, and ImageNet-format archives through the real tfds
+builder, trained, killed, resumed and evaluated. (Train and eval batches over drawn batch sizes, hosts,
+steps and class subsets: test_properties.py.)"""
 import json
 import os
 import signal
@@ -15,53 +15,10 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from conftest import REPO, config_path, digits_config
+from conftest import REPO, TINY_IMAGENET, config_path, digits_config
 from zfnet_jax import config_lib
 from zfnet_jax.data import augment, pipeline, preprocess, sources, squares
-from zfnet_jax.training import checkpointing, evaluation
-
-
-def test_training_batches_are_a_function_of_the_step(tfds_dir):
-  config = digits_config(tfds_dir)  # 22 steps per epoch: batch 27 of a fresh start is in epoch 2
-  from_start, spe = pipeline.train_batches(config, start_step=0)
-  first = [next(from_start) for _ in range(27)]
-  resumed, _ = pipeline.train_batches(config, start_step=20)
-  assert spe == 22 and first[0]['image'].dtype == np.uint8 and first[0]['image'].shape == (64, 72, 72, 1)
-  for i in range(20, 27):
-    b = next(resumed)
-    np.testing.assert_array_equal(b['image'], first[i]['image'])
-    np.testing.assert_array_equal(b['label'], first[i]['label'])
-  assert not np.array_equal(first[0]['label'], first[22]['label'])  # epochs are shuffled differently
-  # an epoch's batches hold distinct examples, in the shuffled order of (seed, epoch)
-  records = pipeline.open_split(config, 'train')
-  order = np.random.default_rng([config.seed, 1]).permutation(len(records))
-  np.testing.assert_array_equal(first[22]['label'], records.labels[order[:64]])
-
-
-@pytest.mark.parametrize('hosts,start', [(2, 0), (4, 21)])
-def test_hosts_batches_concatenated_are_one_hosts_batch(tfds_dir, hosts, start):
-  config = digits_config(tfds_dir, batch_size=16)
-  one, _ = pipeline.train_batches(config, start)
-  parts = [pipeline.train_batches(config, start, p, hosts)[0] for p in range(hosts)]
-  for _ in range(3):  # (4, 21): across the end of epoch 0 (89 steps of 16)
-    whole, host = next(one), [next(p) for p in parts]
-    for k in ('image', 'label'):
-      np.testing.assert_array_equal(np.concatenate([h[k] for h in host]), whole[k])
-
-
-def test_eval_batches_cover_the_split_once_on_any_host_count(tfds_dir):
-  config = digits_config(tfds_dir, eval_batch_size=48)  # 360 = 7 x 48 + 24
-  records = pipeline.open_split(config, 'test')
-  key = lambda image, label: image.tobytes() + bytes([int(label)])
-  expected = sorted(key(**records.example(k)) for k in range(len(records)))
-  for hosts in (1, 3):
-    got = []
-    for p in range(hosts):
-      batches, num_steps, n = pipeline.eval_batches(config, None, p, hosts, squares_only=True)
-      batches = list(batches)
-      assert len(batches) == num_steps == 8 and n == 360
-      got += [key(i, l) for b in batches for i, l, m in zip(b['image'], b['label'], b['mask']) if m]
-    assert sorted(got) == expected
+from zfnet_jax.training import checkpointing, evaluation, loop
 
 
 def test_squares_are_the_source_images_resized_and_cropped_with_their_mean(tfds_dir):
@@ -75,10 +32,6 @@ def test_squares_are_the_source_images_resized_and_cropped_with_their_mean(tfds_
     assert records.labels[k] == ex['label']
   everything = np.stack([records.example(k)['image'] for k in range(len(records))]).astype(np.float64)
   np.testing.assert_allclose(squares.split_file(b, 'mean', 'train'), everything.mean(0), rtol=1e-5)
-  # a class subset is read from the stored labels and relabelled in the given order
-  subset = pipeline.open_split(digits_config(tfds_dir, dataset__classes=(7, 2), model__num_classes=2), 'train')
-  assert len(subset) == np.sum(np.isin(records.labels, (7, 2)))
-  np.testing.assert_array_equal(subset.labels, np.where(records.labels[subset.index] == 7, 0, 1))
 
 
 def test_other_processes_wait_for_process_0_and_then_say_what_to_do(tfds_dir):
@@ -145,34 +98,20 @@ def test_corrupt_image_in_a_folder_dataset_is_named(tmp_path):
   assert n == 6 and sum(int(b['mask'].sum()) for b in batches) == 6
 
 
-# ImageNet-format archives -> `scripts/prepare_imagenet.py` (tfds's imagenet2012 builder, then the squares)
-# -> a tiny ZFNet trained, killed with SIGKILL, resumed, evaluated with 10 crops.
-TINY = ['--config.model.conv_features=8,6,8,8,6', '--config.model.fc_features=16,16', '--config.model.image_size=99',
-        '--config.input.resize_size=112']
+# ImageNet-format archives -> `scripts/prepare_imagenet.py` (tfds's imagenet2012 builder, then the squares; the
+# `imagenet` fixture, conftest.py) -> a tiny ZFNet trained, killed with SIGKILL, resumed, evaluated with 10 crops.
+TRAIN = [*TINY_IMAGENET, '--config.batch_size=8', '--config.eval_batch_size=8', '--config.num_train_steps=6',
+         '--config.checkpoint_every_steps=2', '--config.log_every_steps=1', '--config.eval_every_epochs=100',
+         '--config.input.normalization=pixel_mean']
 
 
-@pytest.fixture(scope='session')
-def imagenet_dir(tmp_path_factory):
-  """A tfds data dir with `imagenet2012` (24 train images in 4 synsets, 8 validation) and its 112 px squares."""
-  root = tmp_path_factory.mktemp('imagenet')
-  manual, data = root / 'manual', root / 'tfds'
-  subprocess.run([sys.executable, 'scripts/make_imagenet_archives.py', '--out', str(manual), '--max_side', '160'],
-                 cwd=REPO, check=True)
-  done = subprocess.run([sys.executable, 'scripts/prepare_imagenet.py', '--manual_dir', str(manual), '--data_dir',
-                         str(data), *TINY], cwd=REPO, capture_output=True, text=True)
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert "squares prepared in" in done.stdout and "{'train': 24, 'validation': 8}" in done.stdout
-  return str(data)
+def tiny_imagenet_config(data_dir: str, args=TINY_IMAGENET):
+  return config_lib.from_args(config_path('default'), [*args, f'--config.dataset.data_dir={data_dir}'])
 
 
-def tiny_imagenet_config(data_dir: str, **overrides):
-  args = [*TINY, f'--config.dataset.data_dir={data_dir}', *[f'--config.{k}={v}' for k, v in overrides.items()]]
-  return config_lib.from_args(config_path('default'), args)
-
-
-def test_imagenet_format_archives_reach_the_squares_in_every_colour_mode(imagenet_dir):
-  config = tiny_imagenet_config(imagenet_dir)
-  source = tfds.builder('imagenet2012', data_dir=imagenet_dir).as_dataset(
+def test_imagenet_format_archives_reach_the_squares_in_every_colour_mode(imagenet):
+  config = tiny_imagenet_config(imagenet.data_dir)
+  source = tfds.builder('imagenet2012', data_dir=imagenet.data_dir).as_dataset(
       split='train', shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
   records = pipeline.open_split(config, 'train')
   names = [ex['file_name'].decode() for ex in tfds.as_numpy(source)]
@@ -189,13 +128,11 @@ def test_imagenet_format_archives_reach_the_squares_in_every_colour_mode(imagene
   assert sorted(val.labels.tolist()) == sorted(synsets.index(s) for s in bundled)  # the CMYK and PNG ones too
 
 
-def train(workdir, data_dir, cache, wait=True):
-  env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': cache, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-         'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+def train(workdir, data_dir, wait=True):
+  """`python -m zfnet_jax.train` with `TRAIN` (the session's 8 devices and persistent XLA cache: conftest)."""
   args = [sys.executable, '-m', 'zfnet_jax.train', '--config', config_path('default'), '--workdir', str(workdir),
-          *TINY, f'--config.dataset.data_dir={data_dir}', '--config.batch_size=8', '--config.eval_batch_size=8',
-          '--config.num_train_steps=6', '--config.checkpoint_every_steps=2', '--config.log_every_steps=1',
-          '--config.eval_every_epochs=100', '--config.input.normalization=pixel_mean']
+          *TRAIN, f'--config.dataset.data_dir={data_dir}']
+  env = {**os.environ, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
   proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   if not wait:
     return proc
@@ -204,10 +141,12 @@ def train(workdir, data_dir, cache, wait=True):
   return out
 
 
-def test_imagenet_run_killed_and_resumed_ends_bit_exact_and_evaluates_every_example(imagenet_dir, tmp_path):
-  cache = str(tmp_path / 'xla_cache')
-  train(tmp_path / 'reference', imagenet_dir, cache)
-  proc = train(tmp_path / 'killed', imagenet_dir, cache, wait=False)
+def test_imagenet_run_killed_and_resumed_ends_bit_exact_and_evaluates_every_example(imagenet, tmp_path):
+  config = tiny_imagenet_config(imagenet.data_dir, TRAIN)
+  # the uninterrupted reference in this process: the same devices and program as the command line's (and it
+  # compiles the steps into the persistent cache for the launches)
+  loop.train_and_evaluate(config, str(tmp_path / 'reference'))
+  proc = train(tmp_path / 'killed', imagenet.data_dir, wait=False)
   ckpts, deadline = tmp_path / 'killed' / 'checkpoints', time.time() + 240
   while not (ckpts.exists() and any(d.isdigit() and int(d) >= 2 for d in os.listdir(ckpts))):
     assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
@@ -216,9 +155,8 @@ def test_imagenet_run_killed_and_resumed_ends_bit_exact_and_evaluates_every_exam
   proc.communicate(timeout=60)
   stopped_at = checkpointing.manager(str(tmp_path / 'killed')).latest_step()
   assert stopped_at is not None and stopped_at < 6
-  out = train(tmp_path / 'killed', imagenet_dir, cache)
+  out = train(tmp_path / 'killed', imagenet.data_dir)
   assert f'Resuming from the checkpoint at step {stopped_at}' in out
-  config = tiny_imagenet_config(imagenet_dir, eval_batch_size=8, **{'input.normalization': 'pixel_mean'})
   finals = [checkpointing.load_params(config, str(tmp_path / run))[1] for run in ('reference', 'killed')]
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), *finals)
   record = evaluation.evaluate_checkpoint(config, str(tmp_path / 'killed'), num_crops=10)

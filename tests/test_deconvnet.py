@@ -1,4 +1,5 @@
-"""The deconvnet: filtering as the conv's transpose, projection against the vjp formulation, linearity."""
+"""The deconvnet: filtering as the conv's transpose, projection against the vjp formulation
+(deconv_reference.py), linearity."""
 import functools
 
 import jax
@@ -6,9 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import deconv_reference
 from conftest import LAYOUTS, record, small_net
 from zfnet_jax.interpret import deconvnet
 from zfnet_jax.model import receptive_field
+
+pytestmark = pytest.mark.usefixtures('quick_compile')
+
 
 @pytest.mark.parametrize('kernel,stride,channels_in', [(5, 2, 8), (7, 2, 1), (3, 1, 8), (11, 4, 16), (4, 3, 8)])
 def test_filter_down_is_the_transpose_of_the_conv(kernel, stride, channels_in):
@@ -28,13 +33,11 @@ def test_filter_down_is_the_transpose_of_the_conv(kernel, stride, channels_in):
   assert not np.any(np.asarray(expected[:, size:])) and not np.any(np.asarray(expected[:, :, size:]))
 
 
-_forward_with_deconv_rules = jax.jit(deconvnet.forward_with_deconv_rules, static_argnums=(0, 3))
-
-
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _by_vjp(arch, params, images, layer, seeds):
-  one = lambda s: deconvnet.project_by_vjp(arch, params, images[s.image], layer, s.channel, s.y, s.x, s.value)
-  return jax.vmap(one)(seeds)
+def _reference(arch, params, images, layer, seeds):
+  """The reference formulation: layer `layer`'s output `[B, H, W, C]` and each seed's projection by vjp."""
+  one = lambda s: deconv_reference.project_by_vjp(arch, params, images[s.image], layer, s.channel, s.y, s.x, s.value)
+  return deconv_reference.forward_with_deconv_rules(arch, params, images, layer), jax.vmap(one)(seeds)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -61,12 +64,11 @@ def test_project_equals_the_vjp_formulation_for_every_layer(layout):
   recording = record(model, params, images)
   rng = np.random.default_rng(0)
   for layer in range(1, 6):
-    # The cross-check's forward pass is the model's.
-    np.testing.assert_allclose(_forward_with_deconv_rules(arch, params, images, layer),
-                               recording.layers[f'layer{layer}'], rtol=1e-5, atol=1e-5)
     seeds = _seeds(recording, layer, rng)
+    forward, expected = map(np.asarray, _reference(arch, params, images, layer, seeds))
+    # The cross-check's forward pass is the model's.
+    np.testing.assert_allclose(forward, recording.layers[f'layer{layer}'], rtol=1e-5, atol=1e-5)
     projected = np.asarray(_project(arch, params, recording.switches, layer, seeds))
-    expected = np.asarray(_by_vjp(arch, params, images, layer, seeds))
     assert np.all(np.abs(expected).max(axis=(1, 2, 3)) > 0), 'a seed projected to nothing: the test is vacuous'
     scale = np.abs(expected).max()
     np.testing.assert_allclose(projected, expected, rtol=0, atol=1e-5 * scale, err_msg=f'layer {layer}')

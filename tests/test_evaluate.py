@@ -61,5 +61,6 @@ def test_one_crop_equals_training_evaluation_and_bad_modes_fail(trained_digits):
   with pytest.raises(ValueError, match='must be one of'):
     evaluation.evaluate_checkpoint(config, workdir, num_crops=5)
   odd = digits_config(config.dataset.data_dir, eval_batch_size=12)
-  with pytest.raises(ValueError, match='multiple of the 8 devices: e.g. --config.eval_batch_size=8'):
+  with pytest.raises(ValueError, match=r'eval_batch_size=12 must be a positive multiple of the 8 devices '
+                     r'\(1 process\(es\)\): e.g. --config.eval_batch_size=8'):
     evaluation.evaluate_checkpoint(odd, workdir)

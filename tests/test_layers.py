@@ -2,12 +2,17 @@
 
 Property-based (hypothesis) over random shapes, windows, strides and ceil/floor modes.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from zfnet_jax.model import layers
+
+pytestmark = pytest.mark.usefixtures('quick_compile')
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
@@ -30,13 +35,24 @@ def pooling_cases(draw):
   return x, window, stride, draw(st.booleans())
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def pool_and_unpool(x, window, stride, ceil):
+  """Everything the test below computes with JAX for one case, as one program (one compile per case)."""
+  expected = reference_pool(x, window, stride, ceil)
+  pooled, switches = layers.max_pool_with_switches(x, window, stride, ceil)
+  seed = jnp.zeros_like(expected).at[1, -1, -1, 2].set(5.0)  # a one-hot seed at the last position
+  unpool = functools.partial(layers.unpool, switches=switches, input_hw=x.shape[1:3], window=window, stride=stride,
+                             ceil_mode=ceil)
+  return (expected, layers.max_pool(x, window, stride, ceil), pooled, switches, unpool(seed),
+          unpool(jnp.ones_like(expected)))
+
+
 @SETTINGS
 @given(pooling_cases())
 def test_pooling_with_switches_and_unpooling(case):
   x, window, stride, ceil = case
-  expected = np.asarray(reference_pool(jnp.asarray(x), window, stride, ceil))
-  np.testing.assert_array_equal(layers.max_pool(x, window, stride, ceil), expected)
-  pooled, switches = layers.max_pool_with_switches(x, window, stride, ceil)
+  expected, plain, pooled, switches, up, counted = map(np.asarray, pool_and_unpool(x, window, stride, ceil))
+  np.testing.assert_array_equal(plain, expected)
   np.testing.assert_array_equal(pooled, expected)
   # each switch points at an input inside its window holding the maximum
   b, ho, wo, c = pooled.shape
@@ -46,9 +62,6 @@ def test_pooling_with_switches_and_unpooling(case):
     assert y < x.shape[1] and xx < x.shape[2]
     assert x[i, y, xx, ch] == expected[i, oy, ox, ch]
   # unpooling a one-hot seed puts its value exactly at that switch and nowhere else
-  seed = np.zeros_like(expected)
-  seed[1, ho - 1, wo - 1, 2] = 5.0
-  up = np.asarray(layers.unpool(jnp.asarray(seed), switches, x.shape[1:3], window, stride, ceil))
   dy, dx = divmod(int(switches[1, ho - 1, wo - 1, 2]), window)
   assert up[1, (ho - 1) * stride + dy, (wo - 1) * stride + dx, 2] == 5.0 and np.count_nonzero(up) == 1
   # unpooling ones counts, at every input, the windows whose switch chose it (overlapping windows add)
@@ -56,7 +69,6 @@ def test_pooling_with_switches_and_unpooling(case):
   for i, oy, ox, ch in np.ndindex(b, ho, wo, c):
     dy, dx = divmod(int(switches[i, oy, ox, ch]), window)
     chosen[i, oy * stride + dy, ox * stride + dx, ch] += 1.0
-  counted = layers.unpool(jnp.ones_like(jnp.asarray(expected)), switches, x.shape[1:3], window, stride, ceil)
   np.testing.assert_array_equal(counted, chosen)
 
 

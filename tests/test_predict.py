@@ -11,7 +11,8 @@ from zfnet_jax.training import checkpointing
 
 def test_image_files_and_npy_inputs_give_the_checkpoints_logits(trained_digits, tmp_path):
   config, workdir = trained_digits
-  source = tfds.builder('sklearn_digits', data_dir=config.dataset.data_dir).as_dataset(split='test', shuffle_files=False)
+  source = tfds.builder('sklearn_digits', data_dir=config.dataset.data_dir).as_dataset(split='test',
+                                                                                      shuffle_files=False)
   examples = list(tfds.as_numpy(source.take(3)))
   paths = []
   for i, ex in enumerate(examples):

@@ -1,4 +1,5 @@
-"""Training: a real step of default ZFNet, sharding invariance, checkpoints, evaluation, errors. (The input: test_data.py.)"""
+"""Training: a real step of default ZFNet, golden first steps, sharding invariance, checkpoints, evaluation, errors.
+(The input: test_data.py, test_properties.py.)"""
 import glob
 import json
 import math
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, config_path, digits_config, small_net
+from conftest import REPO, TRAINED_DIGITS, config_path, digits_config, small_net
 from zfnet_jax import config_lib, parallel
 from zfnet_jax.data import augment, pipeline
 from zfnet_jax.model import network
@@ -44,6 +45,32 @@ def test_one_train_step_of_default_zfnet_on_imagenet_sized_squares():
   assert int(state.step) == 1
   for name in ('conv1', 'fc6', 'fc8'):
     assert not np.allclose(before[name]['kernel'], state.params[name]['kernel']), name
+
+
+# Golden numbers (nanodo's habit) of the first two steps of the shared digits run (conftest.TRAINED_DIGITS: the
+# digits config at a constant learning rate 0.02 with no warm-up, so the first update is not zero), from `loop.set_up`
+# in a fresh workdir on the session's 8 CPU devices: loss, top-1, top-5 of step 1, the same of step 2, then the norm of
+# the parameters after step 2 and of what the two steps moved them (float64 sums). Produced once by this test's code
+# printing `got` (jax 0.10.2, CPU); 1 and 2 devices give the same numbers, `jax_disable_most_optimizations` the same to
+# 1e-7. Another seed (initialisation, data order, crops, dropout) moves each by 0.1% (parameter norm) to 45%; a 0.5%
+# larger learning rate moves the step-2 loss by 6e-4 and the update by 1e-3; momentum 0.85 the update by 7e-3.
+GOLDEN_FIRST_STEPS = (9.883411407470703, 0.09375, 0.546875, 2.5264124870300293, 0.078125, 0.578125,
+                      41.312034675059294, 4.56217406965655)
+
+
+def test_first_two_steps_of_the_digits_run_give_the_stored_numbers(tfds_dir, tmp_path):
+  run = loop.set_up(digits_config(tfds_dir, **TRAINED_DIGITS), str(tmp_path))
+  initial = jax.device_get(run.state.params)
+  got = []
+  for _ in range(2):
+    run.state, metrics = run.train_fn(run.state, parallel.global_batch(run.mesh, next(run.batches)))
+    got += [float(jax.device_get(metrics[k])) for k in ('loss', 'top1', 'top5')]
+  run.mngr.close()
+  params = jax.device_get(run.state.params)
+  norm = lambda tree: float(np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64)))  # noqa: E731
+                                        for x in jax.tree_util.tree_leaves(tree))))
+  got += [norm(params), norm(jax.tree_util.tree_map(lambda a, b: a - b, params, initial))]
+  assert got == pytest.approx(GOLDEN_FIRST_STEPS, rel=2e-5)
 
 
 def test_sharded_step_equals_single_device_step(tfds_dir):

@@ -1,12 +1,11 @@
-"""The transfer protocol (per-class sampling, mean per-class accuracy), class subsets, and one real probe run."""
+"""The transfer protocol (per-class sampling, mean per-class accuracy) and one real probe run. (Class subsets:
+test_properties.py.)"""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from conftest import digits_config
-from zfnet_jax.data import pipeline
 from zfnet_jax.experiments import transfer
 
 
@@ -41,17 +40,6 @@ def test_mean_per_class_accuracy_averages_classes_not_examples():
   assert transfer.mean_per_class_accuracy(labels, predictions) == pytest.approx(0.5)
   predictions[:45] = 1  # half of class 0 wrong as well
   assert transfer.mean_per_class_accuracy(labels, predictions) == pytest.approx(0.25)
-
-
-def test_dataset_classes_keeps_and_relabels_a_subset(tfds_dir):
-  config = digits_config(tfds_dir, dataset__classes=(7, 2), model__num_classes=2)
-  labels, _ = transfer.pool_labels(config, ['test'])
-  all_labels, _ = transfer.pool_labels(digits_config(tfds_dir), ['test'])
-  assert np.array_equal(np.bincount(labels), [np.sum(all_labels == 7), np.sum(all_labels == 2)])
-  halves = [pipeline.eval_batches(config, 'test', i, 2, squares_only=True)[0] for i in range(2)]
-  assert sum(int(b['mask'].sum()) for h in halves for b in h) == len(labels)
-  with pytest.raises(ValueError, match='num_classes=2'):
-    transfer.pool_labels(digits_config(tfds_dir, dataset__classes=(7, 2)), ['test'])
 
 
 def test_probe_and_scratch_baseline_on_digits(trained_digits, tmp_path):

@@ -12,9 +12,9 @@ is handled, and it only rescales each position's values by a positive factor of 
 
 Speed: a seed only reaches its receptive field, so each seed is computed on a static-size window of
 every map (`receptive_field.window_below`), placed by `lax.dynamic_slice`, and seeds are vmapped in
-chunks sharing one recorded forward pass. `project_by_vjp` is the independent cross-check: the
-gradient of the seed's activation with every ReLU's backward replaced by ReLU(upstream gradient),
-max-pool's backward routed to the argmax and LRN's backward the identity. The tests hold the two equal.
+chunks sharing one recorded forward pass. The tests hold it equal to an independent formulation
+(tests/deconv_reference.py): the gradient of the seed's activation with every ReLU's backward replaced by
+ReLU(upstream gradient), max-pool's backward routed to the argmax and LRN's backward the identity.
 """
 from __future__ import annotations
 
@@ -29,8 +29,6 @@ from jax import lax
 
 from zfnet_jax.model import layers, network, receptive_field
 from zfnet_jax.model.receptive_field import Step
-
-
 
 Recording = network.Forward  # one forward pass with `record=True`: logits, layer outputs, switches
 
@@ -127,7 +125,8 @@ def _filter_down_by_phases(x: jax.Array, kernel: jax.Array, stride: int) -> jax.
       sub = kernel[ty::s, tx::s]
       dy, dx = sub.shape[:2]
       row.append(lax.conv_general_dilated(x, jnp.swapaxes(sub[::-1, ::-1], 2, 3), (1, 1),
-                                          [(dy - 1, rows - n), (dx - 1, rows - n)], dimension_numbers=network.CONV_DIMS))
+                                          [(dy - 1, rows - n), (dx - 1, rows - n)],
+                                          dimension_numbers=network.CONV_DIMS))
     phases.append(jnp.stack(row, axis=3))  # [B, rows, rows, s (tx), C_in]
   size = (n - 1) * s + k
   return jnp.stack(phases, axis=2).reshape(b, rows * s, rows * s, -1)[:, :size, :size]
@@ -190,64 +189,3 @@ def project(arch: network.Architecture, params: Any, switches: dict[str, jax.Arr
             chunk: int = 16) -> jax.Array:
   """`project_patches` pasted into full-size images: `[S, H, W, C_in]`, input resolution, unnormalised."""
   return paste(project_patches(arch, params, switches, layer, seeds, chunk), arch.image_size)
-
-
-# The cross-check: the same projection as a vector-Jacobian product with the deconvnet's backward rules.
-
-@jax.custom_vjp
-def _rectify(x: jax.Array) -> jax.Array:
-  """ReLU forward; backward ReLU(upstream gradient), whatever the forward input was."""
-  return jax.nn.relu(x)
-
-
-_rectify.defvjp(lambda x: (jax.nn.relu(x), None), lambda _, g: (jax.nn.relu(g),))
-
-
-def _max_pool_by_gather(x: jax.Array, window: int, stride: int, ceil_mode: bool) -> jax.Array:
-  """Max-pool `[B, H, W, C] -> [B, Ho, Wo, C]` as a gather of each window and a pick of its first argmax.
-
-  Written independently of `layers.max_pool_with_switches` (an index table instead of strided views);
-  its gradient flows only to the picked element, i.e. to the switch.
-  """
-  b, h, w, c = x.shape
-  ho, wo = (layers.pool_output_size(n, window, stride, ceil_mode) for n in (h, w))
-  rows = (np.arange(ho)[:, None] * stride + np.arange(window))[:, None, :, None]  # [Ho, 1, k, 1]
-  cols = (np.arange(wo)[:, None] * stride + np.arange(window))[None, :, None, :]  # [1, Wo, 1, k]
-  index = np.where((rows < h) & (cols < w), rows * w + cols, h * w).reshape(-1)  # h * w: outside the map
-  flat = jnp.concatenate([x.reshape(b, h * w, c), jnp.full((b, 1, c), -jnp.inf, x.dtype)], axis=1)
-  windows = flat[:, index].reshape(b, ho, wo, window * window, c)
-  picked = lax.stop_gradient(jnp.argmax(windows, axis=3))[:, :, :, None]
-  return jnp.take_along_axis(windows, picked, axis=3)[:, :, :, 0]
-
-
-def _lrn_passing_gradients(arch: network.Architecture, x: jax.Array) -> jax.Array:
-  """Local response normalisation forward, identity backward."""
-  normalised = layers.local_response_norm(x, arch.lrn_size, arch.lrn_k, arch.lrn_alpha, arch.lrn_beta)
-  return x + lax.stop_gradient(normalised - x)
-
-
-def forward_with_deconv_rules(arch: network.Architecture, params: Any, images: jax.Array, layer: int) -> jax.Array:
-  """Conv layer `layer`'s output `[B, H, W, C]` for `[B, S, S, C_in]` images, differentiable with the
-  deconvnet's backward rules (same forward values as `network.ConvNet`)."""
-  x = images
-  for c in arch.convs:
-    p = params[c.name]
-    x = lax.conv_general_dilated(x, p['kernel'], (c.stride, c.stride), [(c.padding, c.padding)] * 2,
-                                 dimension_numbers=network.CONV_DIMS) + p['bias']
-    x = _rectify(x)
-    if c.lrn and arch.lrn_position == 'before_pool':
-      x = _lrn_passing_gradients(arch, x)
-    if c.pool:
-      x = _max_pool_by_gather(x, arch.pool_window, arch.pool_stride, arch.pool_ceil)
-    if c.lrn and arch.lrn_position == 'after_pool':
-      x = _lrn_passing_gradients(arch, x)
-    if c.layer == layer:
-      return x
-  raise ValueError(f'layer {layer} is not a conv layer of this network: {[c.layer for c in arch.convs]}')
-
-
-def project_by_vjp(arch: network.Architecture, params: Any, image: jax.Array, layer: int, channel: int, y: int,
-                   x: int, value: float | jax.Array) -> jax.Array:
-  """The projection of one seed as the vjp of its activation: `[H, W, C_in]` for an `[H, W, C_in]` image."""
-  output, vjp = jax.vjp(lambda v: forward_with_deconv_rules(arch, params, v[None], layer)[0], image)
-  return vjp(jnp.zeros_like(output).at[y, x, channel].set(value))[0]
