@@ -325,38 +325,36 @@ def test_a_changed_folder_source_is_noticed_and_its_squares_kept(tfds_dir, tmp_p
   assert len(pipeline.open_split(config, 'train')) == 7
 
 
-PREPARE_WHEN_TOLD = '''
-import json, os, sys, time
+PREPARE = """
+import json, sys
 from zfnet_jax import config_lib
 from zfnet_jax.data import pipeline
 config = config_lib.load(sys.argv[1], json.loads(sys.argv[2]))
-open(f'{sys.argv[3]}.ready{os.getpid()}', 'w').close()
-while not os.path.exists(sys.argv[3]):
-  time.sleep(0.005)
 print('records', len(pipeline.open_split(config, 'train')), flush=True)
-'''
+"""
 
 
 def test_two_first_preparations_at_once_wait_for_one_preparer(tfds_dir, tmp_path):
   root = image_folder(tmp_path / 'images', per_class=40)
   overrides = {'dataset.name': f'folder:{root}', 'dataset.data_dir': str(tmp_path / 'data'), 'model.num_classes': 2}
-  go = tmp_path / 'go'
-  procs = [subprocess.Popen([sys.executable, '-c', PREPARE_WHEN_TOLD, config_path('digits'), json.dumps(overrides),
-                             str(go)], cwd=REPO, env=ONE_DEVICE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for _ in range(2)]
-  deadline = time.time() + 240
-  while len(glob.glob(f'{go}.ready*')) < 2:  # both past their imports, waiting for the word
-    assert all(p.poll() is None for p in procs) and time.time() < deadline
-    time.sleep(0.05)
-  go.write_text('')
-  outs = [p.communicate(timeout=240) for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outs
-  assert [out.strip().splitlines()[-1] for out, _ in outs] == ['records 80', 'records 80']
-  errs = [err for _, err in outs]
-  assert sum('Preparing the 72px squares' in e for e in errs) == 1, errs
-  [waiter] = [e for e in errs if 'Preparing' not in e]
-  preparer = procs[[i for i, e in enumerate(errs) if 'Preparing' in e][0]]
-  assert 'Waiting for python -c ' in waiter and f'(host {os.uname().nodename}, pid {preparer.pid}, since ' in waiter
+  config = folder_config(tfds_dir, root, tmp_path / 'data')
+  lock_path = str(tmp_path / 'data' / 'zfnet_squares' / f'{squares.builder(config).builder_config.name}.lock')
+  os.makedirs(os.path.dirname(lock_path))
+  logs = [tmp_path / f'{i}.log' for i in range(2)]
+  with paths.Lock(lock_path).acquire():  # a first preparation under way here: both must wait for it
+    procs = [subprocess.Popen([sys.executable, '-c', PREPARE, config_path('digits'), json.dumps(overrides)], cwd=REPO,
+                              env=ONE_DEVICE, stdout=subprocess.PIPE, stderr=log.open('w'), text=True) for log in logs]
+    deadline = time.time() + 240
+    while not all('Waiting for ' in log.read_text() for log in logs):
+      assert all(p.poll() is None for p in procs) and time.time() < deadline, [log.read_text() for log in logs]
+      time.sleep(0.05)
+  outs = [p.communicate(timeout=240)[0] for p in procs]  # released: they race for it
+  errs = [log.read_text() for log in logs]
+  assert [p.returncode for p in procs] == [0, 0], errs
+  assert [out.strip().splitlines()[-1] for out in outs] == ['records 80', 'records 80']
+  for err in errs:
+    assert 'Waiting for python ' in err and f'(host {os.uname().nodename}, pid {os.getpid()}, since ' in err
+  assert sum('Preparing the 72px squares' in err for err in errs) == 1, errs  # the other read its squares
   folders = [f for f in os.listdir(tmp_path / 'data' / 'zfnet_squares') if not f.endswith('.lock')]
   assert len(folders) == 1 and os.listdir(tmp_path / 'data' / 'zfnet_squares' / folders[0]) == ['1.0.0']
 
