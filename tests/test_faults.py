@@ -62,12 +62,12 @@ def copy_of(run, tmp_path) -> str:
 
 
 def damage(workdir: str, step: int, how: str) -> None:
-  """The damage a checkpoint step meets: a data file truncated, `_METADATA` deleted, or an empty folder (an
+  """The damage a checkpoint step meets: its data files truncated, `_METADATA` deleted, or an empty folder (an
   interrupted copy)."""
   folder = os.path.join(workdir, 'checkpoints', str(step))
-  if how == 'truncated':
-    data = max(glob.glob(os.path.join(folder, 'state', 'ocdbt.process_0', 'd', '*')), key=os.path.getsize)
-    os.truncate(data, os.path.getsize(data) // 2)
+  if how == 'truncated':  # every data file: which arrays a file holds varies from save to save
+    for data in glob.glob(os.path.join(folder, 'state', 'ocdbt.process_0', 'd', '*')):
+      os.truncate(data, os.path.getsize(data) // 2)
   elif how == 'no_metadata':
     os.remove(os.path.join(folder, 'state', '_METADATA'))
   else:
