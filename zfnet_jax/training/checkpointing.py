@@ -156,7 +156,8 @@ def set_aside(mngr: ocp.CheckpointManager, workdir: str, skipped: dict[int, str]
     progress.warn(f'checkpoint step {step} in {mngr.directory} does not restore ({reason}): skipped, resuming '
                   f'from step {used}; moved to {target} (look inside, then delete it)')
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('unrestorable checkpoints set aside')
+    with jax.transfer_guard('allow'):  # the barrier's token is a host value
+      multihost_utils.sync_global_devices('unrestorable checkpoints set aside')
   mngr.reload()
 
 
