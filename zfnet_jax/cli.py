@@ -1,33 +1,81 @@
 """What every absl command line shares: defining and parsing its flags (a mistyped `--config.FIELD` gets a
-suggestion), quiet library logging, many-host start-up, and the preemption exit status.
+suggestion, a value out of range its range), quiet library logging, many-host start-up, errors for people,
+and the preemption exit status.
 
   if __name__ == '__main__':
     cli.run(main, define_flags)
+
+Errors for people: a known error (`is_known`: one the package raised itself with a message that says what
+went wrong and what to do) prints as `error: MESSAGE` on stderr and exits with status 1; the traceback only
+with `--verbose` or `ZFNET_VERBOSE=1`. Any other error (a bug, or one from inside a library) keeps its
+traceback. Commands that parse their own arguments (`visualize`) wrap their `main` in `errors_for_people`.
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import traceback
 from typing import Callable, Iterator
 
 import jax
 from absl import app, flags, logging
 
 from zfnet_jax import config_lib
+from zfnet_jax.data import sources
 from zfnet_jax.training import loop
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+VERBOSE_ENV = 'ZFNET_VERBOSE'  # set to 1: tracebacks for known errors too
+ERROR_EXIT_STATUS = 1
+# The kinds of error the package raises with a message for people (FileNotFoundError, PermissionError,
+# FileExistsError, TimeoutError are OSErrors; the package's own error classes subclass these). Its
+# RuntimeErrors are broken invariants: they keep their traceback.
+KNOWN_KINDS = (ValueError, OSError, FloatingPointError, ImportError, sources.DatasetNotFoundError)
 
 
 def run(main: Callable[[list[str]], None], define_flags: Callable[[], None], takes_arguments: bool = False) -> None:
-  """Defines the flags, parses them with `config_lib.parse_flags` and calls `main(argv)` with absl logging at
-  WARNING (tfds and Orbax log every file they touch at INFO). Without `takes_arguments`, a positional
-  argument is a usage error."""
+  """Defines the flags (and `--verbose`), parses them with `config_lib.parse_flags` and calls `main(argv)`
+  with absl logging at WARNING (tfds and Orbax log every file they touch at INFO), inside
+  `errors_for_people`. Without `takes_arguments`, a positional argument is a usage error."""
   define_flags()
+  flags.DEFINE_bool('verbose', False, f'Print the traceback of known errors too (or set {VERBOSE_ENV}=1).')
 
   def checked(argv: list[str]) -> None:
     if not takes_arguments and len(argv) > 1:
       raise app.UsageError(f'unexpected arguments {argv[1:]}')
     logging.set_verbosity(logging.WARNING)
-    main(argv)
+    with errors_for_people(flags.FLAGS.verbose):
+      main(argv)
   app.run(checked, flags_parser=config_lib.parse_flags)
+
+
+def is_known(error: BaseException) -> bool:
+  """Whether `error` is one the package raised itself for people: a `KNOWN_KINDS` error raised by a `raise`
+  statement in `zfnet_jax`. An error from inside a library, from an operation (`int('x')`), or of another
+  kind (a `KeyError`, a `ZeroDivisionError`) is a bug or unforeseen: it keeps its traceback."""
+  frames = traceback.extract_tb(error.__traceback__)
+  return (isinstance(error, KNOWN_KINDS) and bool(frames) and (frames[-1].line or '').startswith('raise ')
+          and os.path.abspath(frames[-1].filename).startswith(PACKAGE_DIR + os.sep))
+
+
+@contextlib.contextmanager
+def errors_for_people(verbose: bool = False) -> Iterator[None]:
+  """A known error inside (`is_known`) becomes `error: MESSAGE` on stderr and exit status 1
+  (`ERROR_EXIT_STATUS`); with `verbose` or `ZFNET_VERBOSE=1`, after its traceback. Other errors pass.
+
+    with cli.errors_for_people('--verbose' in sys.argv):
+      main(...)
+  """
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001  (sorted by is_known; the rest re-raised as they are)
+    if not is_known(e):
+      raise
+    if verbose or os.environ.get(VERBOSE_ENV, '') not in ('', '0'):
+      traceback.print_exc()
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    raise SystemExit(ERROR_EXIT_STATUS) from None
 
 
 def define_multihost_flags() -> None:

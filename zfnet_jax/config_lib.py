@@ -4,10 +4,18 @@ Config files in `configs/` start from `base()` and change what differs, so every
 field and a mistyped override fails instead of being silently added. From the command line:
 `--config configs/digits.py --config.batch_size=64 --config.model.fc_features=2048,2048`.
 From a notebook: `load('configs/digits.py', {'batch_size': 64})`.
+
+Every numeric field has its range in one table, `RANGES`, checked whenever a config is loaded (and again
+when a run starts, for configs changed after loading): a value out of range fails naming the field, the
+range and a valid example, before any work. Layer and label numbers (`model.pool_layers`, `lrn_layers`,
+`remove_layers`; `dataset.classes`) are checked against the architecture and the dataset they name
+(`network.Architecture`, `sources.check_classes`).
 """
 from __future__ import annotations
 
 import difflib
+import functools
+import math
 import os
 from typing import Any
 
@@ -84,11 +92,77 @@ def base() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   c.eval_every_epochs = 1.0  # a fraction evaluates several times an epoch
   c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 3
+  c.keep_checkpoints = 3  # the newest N checkpoints are kept; -1 keeps every one (0 is refused: it would keep none)
   c.skip_nonfinite_steps = False  # False: stop on a non-finite loss/gradient/parameter; True: skip such batches
   c.profile_steps = (0, 0)  # (first, last): trace train steps first..last (1-based) with jax.profiler into
   #                           WORKDIR/profile (TensorBoard's profile tab, Perfetto); (0, 0): off
   return c
+
+
+# Each numeric field's range, in interval notation ('[1, inf)': at least 1; '[0, 1)': 0 up to but not 1;
+# '{1, 3}': one of these), optionally with values allowed outside it and what they mean. A tuple field's
+# range holds for each of its values.
+RANGES: dict[str, str | tuple[str, dict[int, str]]] = {
+    'model.conv_features': '[1, inf)', 'model.conv_kernels': '[1, inf)', 'model.conv_strides': '[1, inf)',
+    'model.conv_paddings': '[0, inf)', 'model.pool_window': '[1, inf)', 'model.pool_stride': '[1, inf)',
+    'model.lrn_size': '[1, inf)', 'model.lrn_k': '[0, inf)', 'model.lrn_alpha': '[0, inf)',
+    'model.lrn_beta': '[0, inf)', 'model.fc_features': '[1, inf)', 'model.dropout_rate': '[0, 1)',
+    'model.num_classes': '[1, inf)', 'model.image_size': '[1, inf)', 'model.in_channels': '{1, 3}',
+    'input.resize_size': '[1, inf)', 'input.jpeg_quality': '[1, 100]', 'input.workers': '[0, inf)',
+    'input.prefetch_batches': '[1, inf)', 'input.prepare_timeout_s': '(0, inf)',
+    'optim.learning_rate': '[0, inf)', 'optim.momentum': '[0, 1)', 'optim.weight_decay': '[0, inf)',
+    'optim.decay_epochs': '[0, inf)', 'optim.warmup_epochs': '[0, inf)', 'optim.filter_rms_radius': '[0, inf)',
+    'batch_size': '[1, inf)', 'eval_batch_size': '[1, inf)', 'num_epochs': '(0, inf)',
+    'num_train_steps': ('[1, inf)', {-1: 'train config.num_epochs instead'}), 'seed': '[0, inf)',
+    'log_every_steps': '[1, inf)', 'eval_every_epochs': '(0, inf)', 'checkpoint_every_steps': '[1, inf)',
+    'keep_checkpoints': ('[1, inf)', {-1: 'keep every checkpoint'}), 'profile_steps': '[0, inf)',
+}
+
+
+class ConfigValueError(ValueError):
+  """A field's value is out of its range (`RANGES`); the message names the field, the range and an example."""
+
+
+def _in_range(value: float, rule: str) -> bool:
+  """Whether `value` lies in `rule`: interval notation (`'[0, 1)'`, `'(0, inf)'`) or a set (`'{1, 3}'`)."""
+  if rule.startswith('{'):
+    return value in {float(v) for v in rule[1:-1].split(',')}
+  low, high = (float(v) for v in rule[1:-1].split(','))
+  above = value >= low if rule[0] == '[' else value > low
+  below = value <= high if rule[-1] == ']' else value < high
+  return above and below and not math.isnan(value)
+
+
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+  """`config.model.dropout_rate` for `field='model.dropout_rate'`."""
+  return functools.reduce(lambda node, name: node[name], field.split('.'), config)
+
+
+def _flag_value(value: Any) -> str:
+  """How `value` is written after `--config.FIELD=` (tuples comma-separated)."""
+  return ','.join(str(v) for v in value) if isinstance(value, (tuple, list)) else str(value)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigValueError` for the first field whose value is out of its `RANGES` entry, and for
+  `profile_steps` that are neither `(0, 0)` nor `(first, last)` with `1 <= first <= last`."""
+  defaults = base()
+  for field, entry in RANGES.items():
+    rule, special = entry if isinstance(entry, tuple) else (entry, {})
+    value = _get(config, field)
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if all(v in special or _in_range(v, rule) for v in values):
+      continue
+    example = _get(defaults, field)
+    each = 'each value ' if isinstance(value, (tuple, list)) else ''
+    others = ''.join(f' (or {v}: {meaning})' for v, meaning in special.items())
+    where = 'one of' if rule.startswith('{') else 'in'
+    raise ConfigValueError(f'config.{field}={_flag_value(value)} is out of range: {each}must be {where} {rule}'
+                           f'{others}, e.g. --config.{field}={_flag_value(example)}')
+  first, last = config.profile_steps
+  if (first, last) != (0, 0) and not 1 <= first <= last:
+    raise ConfigValueError(f'config.profile_steps=({first}, {last}) must be (0, 0) (off) or (first, last) with '
+                           f'1 <= first <= last, e.g. --config.profile_steps=10,15')
 
 
 class ConfigFieldError(ValueError):
@@ -124,13 +198,20 @@ def define_config_flag(help_text: str, flag_values: flags.FlagValues = flags.FLA
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
   """`flags_parser` for `absl.app.run`: a mistyped `--config.FIELD` exits with ml_collections' suggestion."""
   try:
-    return flag_values(argv)
+    rest = flag_values(argv)
   except (AttributeError, KeyError):  # ml_collections found a field the config lacks
     keys = [a[len('--config.'):].split('=')[0] for a in argv if a.startswith('--config.')]
     path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
     path = path or argv[argv.index('--config') + 1]
     config = from_args(path, [])
     raise SystemExit(f'error: {_unknown_field(keys, config)}') from None
+  config = flag_values['config'].value if 'config' in flag_values else None
+  if isinstance(config, ml_collections.ConfigDict):
+    try:
+      check(config)
+    except ConfigValueError as e:
+      raise SystemExit(f'error: {e}') from None
+  return rest
 
 
 def from_args(path: str, override_args: list[str]) -> ml_collections.ConfigDict:
@@ -146,7 +227,8 @@ def load(path: str, overrides: dict[str, Any] | None = None) -> ml_collections.C
   """A config file with dotted overrides, e.g. `load('configs/digits.py', {'model.lrn': True})` (notebooks).
 
   The file is read by ml_collections as on the command line; overrides go through
-  `update_from_flattened_dict`, so a mistyped field is a `ConfigFieldError` suggesting the right name.
+  `update_from_flattened_dict`, so a mistyped field is a `ConfigFieldError` suggesting the right name, and
+  a value out of range a `ConfigValueError` (`check`).
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f'config file {path!r} does not exist (configs live in configs/, e.g. configs/digits.py)')
@@ -155,4 +237,5 @@ def load(path: str, overrides: dict[str, Any] | None = None) -> ml_collections.C
     config.update_from_flattened_dict(dict(overrides or {}))
   except (AttributeError, KeyError):
     raise _unknown_field(list(overrides), config) from None
+  check(config)
   return config

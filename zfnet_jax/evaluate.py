@@ -18,12 +18,21 @@ from zfnet_jax import cli, config_lib
 from zfnet_jax.training import evaluation
 
 
+def summary(r: dict) -> str:
+  """`eval.json`'s record in one line."""
+  return (f'{r["dataset"]} {r["split"]}, {r["num_examples"]} examples, {r["crops"]} crop(s), checkpoint step '
+          f'{r["checkpoint_step"]}: top-1 {r["top1"]:.2%} (error {1 - r["top1"]:.2%}), top-5 {r["top5"]:.2%} '
+          f'(error {1 - r["top5"]:.2%}), loss {r["loss"]:.4f}')
+
+
 def main(argv: list[str]) -> None:
   FLAGS = flags.FLAGS
-  r = evaluation.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, int(FLAGS.crops))
-  print(f'{r["dataset"]} {r["split"]}, {r["num_examples"]} examples, {r["crops"]} crop(s), checkpoint step '
-        f'{r["checkpoint_step"]}: top-1 {r["top1"]:.2%} (error {1 - r["top1"]:.2%}), top-5 {r["top5"]:.2%} '
-        f'(error {1 - r["top5"]:.2%}), loss {r["loss"]:.4f} -> {os.path.join(FLAGS.workdir, "eval.json")}')
+  try:
+    r = evaluation.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, int(FLAGS.crops))
+  except evaluation.ResultNotSavedError as e:  # the result first, then the error
+    print(summary(e.record), flush=True)
+    raise
+  print(f'{summary(r)} -> {os.path.join(FLAGS.workdir, "eval.json")}')
 
 
 def define_flags() -> None:

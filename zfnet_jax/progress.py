@@ -1,12 +1,23 @@
-"""Progress of long work for people: done out of total, rate and ETA, printed at most every few seconds.
+"""Progress of long work for people: done out of total, rate and ETA, printed at most every few seconds; and
+warnings for people.
 
-The one progress line of the package: training steps, preparing squares, building the report.
+The one progress line of the package: training steps, preparing squares, building the report. `warn` is the
+one warning line: something was skipped or taken over and the work goes on (a checkpoint that does not
+restore, a torn log line, a stale lock).
 """
 from __future__ import annotations
 
 import sys
 import time
 from typing import TextIO
+
+import jax
+
+
+def warn(message: str) -> None:
+  """Prints `warning: MESSAGE` to stderr, on process 0 only (every process runs the same code)."""
+  if jax.process_index() == 0:
+    print(f'warning: {message}', file=sys.stderr, flush=True)
 
 
 def format_duration(seconds: float) -> str:

@@ -19,7 +19,11 @@ def load_input(path: str, config: ml_collections.ConfigDict) -> np.ndarray:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'no image file {path!r}')
   if path.endswith('.npy'):
-    x = np.load(path)
+    try:
+      x = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:  # empty, truncated, not .npy, or a pickled object
+      raise ValueError(f'{path} is not a readable .npy array ({type(e).__name__}: {e}); save the preprocessed input '
+                       f'with np.save, or pass the image file to be preprocessed') from None
     if x.shape != (size, size, channels) or x.dtype != np.float32:
       raise ValueError(f'{path} holds a {x.dtype} array {list(x.shape)}; a preprocessed input for this config is '
                        f'float32 {[size, size, channels]} (or pass the image file to be preprocessed)')

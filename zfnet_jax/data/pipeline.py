@@ -56,20 +56,21 @@ class Records:
     return {'image': np.zeros(self.shape, np.uint8), 'label': np.int32(0)}
 
 
-_OPEN: dict[tuple, Records] = {}  # each split is opened once per process
+_OPEN: dict[tuple, Records] = {}  # each split of each prepared set of squares is opened once per process
 
 
 def open_split(config: ml_collections.ConfigDict, split: str, process_index: int | None = None) -> Records:
   """The prepared squares of `split` (prepared now on process 0 if they are not), `dataset.classes` applied
-  from the stored labels, without reading any image. Opened once per process."""
-  key = (squares.key(config), split, tuple(config.dataset.classes), config.model.num_classes)
+  from the stored labels, without reading any image. Opened once per process and set of squares (squares
+  prepared again in the same process are opened again)."""
+  b = squares.prepare(config, process_index)
+  key = (b, split, tuple(config.dataset.classes), config.model.num_classes)  # b: by identity
   if key not in _OPEN:
-    _OPEN[key] = _open_split(config, split, process_index)
+    _OPEN[key] = _open_split(config, b, split)
   return _OPEN[key]
 
 
-def _open_split(config: ml_collections.ConfigDict, split: str, process_index: int | None) -> Records:
-  b = squares.prepare(config, process_index)
+def _open_split(config: ml_collections.ConfigDict, b: squares.ZfnetSquares, split: str) -> Records:
   if split not in b.info.splits:
     raise ValueError(f'dataset {config.dataset.name!r} has no split {split!r}; it has '
                      f'{", ".join(b.info.splits.keys())} (set config.dataset.train_split / eval_split)')
@@ -95,6 +96,20 @@ def read_options(config: ml_collections.ConfigDict, host_batch: int) -> grain.Re
                            prefetch_buffer_size=host_batch * config.input.prefetch_batches)
 
 
+def train_steps_per_epoch(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1) -> int:
+  """Global batches in an epoch of the training split (prepared now on process 0 if it is not); raises
+  where the batch does not fit the split or the processes. Checks the squares against their source
+  again (`squares.prepare(recheck=True)`): each training run does, in a notebook kernel too."""
+  augment.check_config(config)
+  squares.prepare(config, process_index, recheck=True)
+  n, global_batch = len(open_split(config, config.dataset.train_split, process_index)), config.batch_size
+  if global_batch % process_count:
+    raise ValueError(f'config.batch_size={global_batch} must be a multiple of the {process_count} processes')
+  if n < global_batch:
+    raise ValueError(f'config.batch_size={global_batch} is larger than the training split ({n} examples): lower it')
+  return n // global_batch
+
+
 def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1) -> tuple[Iterator[dict[str, np.ndarray]], int]:
   """This host's training batches from `start_step` on, forever, and the steps per epoch.
@@ -103,14 +118,9 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, proces
     `{'image': uint8 [b, R, R, C], 'label': int32 [b]}`, `b = batch_size / process_count`: rows
     `[process_index * b, (process_index + 1) * b)` of global batch `start_step`, `start_step + 1`, ...
   """
-  augment.check_config(config)
+  steps_per_epoch = train_steps_per_epoch(config, process_index, process_count)
   records = open_split(config, config.dataset.train_split, process_index)
   n, global_batch = len(records), config.batch_size
-  if global_batch % process_count:
-    raise ValueError(f'config.batch_size={global_batch} must be a multiple of the {process_count} processes')
-  steps_per_epoch = n // global_batch
-  if steps_per_epoch < 1:
-    raise ValueError(f'config.batch_size={global_batch} is larger than the training split ({n} examples): lower it')
   host_batch = global_batch // process_count
 
   @functools.lru_cache(maxsize=2)

@@ -5,6 +5,7 @@ The sources are read once, by `squares.py`, to prepare the squares that training
 from __future__ import annotations
 
 import os
+import re
 
 import ml_collections
 import tensorflow as tf
@@ -15,6 +16,7 @@ from zfnet_jax.data import sklearn_digits  # noqa: F401  (registers the bundled 
 
 IMAGENET_ARCHIVES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 FOLDER_PREFIX = 'folder:'
+SPLIT_NAME = r'[\w-]+'  # what tfds takes as a split name (tfds.core.splits): letters, digits, _ and -
 
 
 class DatasetNotFoundError(RuntimeError):
@@ -38,6 +40,13 @@ def source_builder(d: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   if root is not None:
     if not os.path.isdir(root):
       raise DatasetNotFoundError(f'folder dataset {root!r} does not exist: expected {root}/SPLIT/CLASS/IMAGE files')
+    splits = [s for s in os.listdir(root) if os.path.isdir(os.path.join(root, s))]
+    bad = sorted(s for s in splits if not re.fullmatch(SPLIT_NAME, s))
+    if bad:
+      renamed = re.sub(r'[^\w-]+', '_', bad[0])
+      raise ValueError(f'folder dataset {root!r} has split folder(s) {bad} whose names tfds cannot read back: a split '
+                       f'name is letters, digits, _ and - only. Rename the folder (e.g. to {renamed!r}) and set '
+                       f'config.dataset.train_split / eval_split to match.')
     return tfds.folder_dataset.ImageFolder(root)
   try:
     return tfds.builder(d.name, data_dir=d.data_dir)
@@ -87,6 +96,12 @@ def check_classes(config: ml_collections.ConfigDict, dataset_classes: int) -> in
     raise ValueError(f'dataset {name!r} {chosen} but config.model.num_classes is {config.model.num_classes}: '
                      f'set --config.model.num_classes={num_classes}')
   return num_classes
+
+
+def literal_text(text: str) -> str:
+  """`text` (a class name, a file name) as matplotlib draws it literally: a `$` pair would start mathtext, which
+  fails on names such as `$\\foo$`; escaped, it is drawn as written."""
+  return text.replace('$', r'\$')
 
 
 def class_names(config: ml_collections.ConfigDict) -> list[str] | None:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import tensorflow as tf
 from jax.sharding import Mesh
 
 from zfnet_jax import parallel, paths
@@ -103,12 +104,30 @@ def score_checkpoint(config: ml_collections.ConfigDict, workdir: str, split: str
   return evaluate(eval_fn, params, config, mesh, split), step, network.count_params(params)
 
 
+class ResultNotSavedError(PermissionError):
+  """The evaluation finished but `eval.json` could not be written; `record` holds the result."""
+
+  def __init__(self, message: str, record: dict[str, Any]):
+    super().__init__(message)
+    self.record = record
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_crops: int = 1) -> dict[str, Any]:
-  """Scores the latest checkpoint of `workdir` over the whole eval split; writes and returns `eval.json`'s record."""
+  """Scores the latest checkpoint of `workdir` over the whole eval split; writes and returns `eval.json`'s record.
+
+  Raises:
+    ResultNotSavedError: `eval.json` could not be written (a read-only workdir); the result is in its `record`.
+  """
   split = config.dataset.eval_split
   results, step, _ = score_checkpoint(config, workdir, split, num_crops)
   record = {**{k: results[k] for k in ('top1', 'top5', 'loss')}, 'num_examples': int(results['num_examples']),
             'crops': num_crops, 'checkpoint_step': step, 'dataset': config.dataset.name, 'split': split}
+  path = paths.join(workdir, 'eval.json')
   if jax.process_index() == 0:
-    paths.write_json(paths.join(workdir, 'eval.json'), record, indent=2)
+    try:
+      paths.write_json(path, record, indent=2)
+    except (OSError, tf.errors.OpError) as e:
+      reason = (getattr(e, 'message', None) or getattr(e, 'strerror', None) or str(e)).rsplit('; ', 1)[-1]
+      raise ResultNotSavedError(f'could not write {path} ({reason}), so the result is not saved: copy it from '
+                                f'above, or evaluate again where the workdir is writable', record) from None
   return record

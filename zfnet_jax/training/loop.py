@@ -1,6 +1,8 @@
 """The training loop: `train_and_evaluate(config, workdir)` trains, checkpoints, evaluates and resumes.
 
-Re-running on the same workdir resumes from the latest checkpoint. A preemption notice (SIGTERM) makes
+Re-running on the same workdir resumes from the newest checkpoint that restores (newer ones that do not
+are set aside with a warning: `checkpointing.restore_newest`). One run writes a workdir at a time: it
+holds `WORKDIR/lock` (`one_writer`). A preemption notice (SIGTERM) makes
 every process save the same step and raise `Preempted`; the CLI exits with `PREEMPTED_EXIT_STATUS`.
 The loop never waits for the device between log steps: step t+1 is dispatched before step t's metrics
 are read, and metrics leave the device only at log steps, through `jax.device_get`.
@@ -20,12 +22,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-from zfnet_jax import parallel, paths, progress
+from jax.experimental import multihost_utils
+
+from zfnet_jax import config_lib, parallel, paths, progress
 from zfnet_jax.data import augment, pipeline, sources, squares
 from zfnet_jax.model import network
 from zfnet_jax.training import checkpointing, evaluation, metric_writer, optim, steps
 
 PREEMPTED_EXIT_STATUS = 75  # EX_TEMPFAIL (sysexits.h): "try again later"; launchers read non-zero as unfinished
+LOCK_FILE = 'lock'  # WORKDIR/lock: held by the run writing the workdir (process 0's)
 
 
 class Preempted(Exception):
@@ -37,12 +42,16 @@ class Preempted(Exception):
     self.step = step
 
 
+class WorkdirInUseError(OSError):
+  """Another run holds the workdir's lock; the message names it."""
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Cross-field checks that need the device count; single fields are checked where they are used."""
+  """The ranges of every numeric field (`config_lib.check`, again: a config may change after loading) and
+  the checks that need the device count."""
+  config_lib.check(config)
   for field in ('batch_size', 'eval_batch_size'):
     parallel.check_batch_size(field, config[field])
-  if config.num_epochs <= 0:
-    raise ValueError(f'config.num_epochs must be positive, got {config.num_epochs}')
 
 
 def check_workdir(workdir: str) -> None:
@@ -56,6 +65,33 @@ def check_workdir(workdir: str) -> None:
     reason = getattr(e, 'message', None) or getattr(e, 'strerror', None) or str(e)
     raise PermissionError(f'cannot write to --workdir {workdir} ({reason}): choose a writable directory '
                           f'or fix its permissions') from None
+
+
+@contextlib.contextmanager
+def one_writer(workdir: str) -> Iterator[None]:
+  """Holds `WORKDIR/lock` while the block runs (process 0 takes it; every process learns whether it could):
+  a second run on the same workdir stops at once naming the holder (`WorkdirInUseError`); a lock left by a
+  killed run is taken over with a warning. On `gs://` the lock is a heartbeat file (`paths.Lock`)."""
+  lock, held = paths.Lock(paths.join(workdir, LOCK_FILE)), None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except paths.LockHeldError as e:
+      held = e.holder
+  locked = held is None
+  if jax.process_count() > 1:  # one small broadcast, so that no process goes on alone
+    with jax.transfer_guard('allow'):
+      locked = bool(multihost_utils.broadcast_one_to_all(np.int32(locked)))
+  if not locked:
+    raise WorkdirInUseError(
+        f'--workdir {workdir} is in use by another run: {held or "see process 0"}. Two runs writing one workdir '
+        f'would mix their checkpoints and metrics: wait for it to finish or stop it, or use another --workdir.')
+  if lock.taken_over:
+    progress.warn(f'took over the lock of {workdir} from {lock.taken_over}, which no longer runs')
+  try:
+    yield
+  finally:
+    lock.release()
 
 
 class PreemptionWatch:
@@ -121,23 +157,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   sources.hide_accelerators_from_tf()
   check_config(config)
   check_workdir(workdir)
-  run = set_up(config, workdir)
-  if run.step >= run.num_steps:
-    run.mngr.close()
-    metric_writer.log(f'Training already finished at step {run.step}; evaluating the final checkpoint.')
-    return evaluate(run, record=False)
-  with closing_checkpoints(run.mngr), contextlib.closing(metric_writer.ProfileWindow(workdir, *config.profile_steps)) \
-      as profile:
-    return train(run, profile)
+  with one_writer(workdir):
+    run = set_up(config, workdir)
+    if run.step >= run.num_steps:
+      run.mngr.close()
+      metric_writer.log(f'Training already finished at step {run.step}; evaluating the final checkpoint.')
+      return evaluate(run, record=False)
+    profile = metric_writer.ProfileWindow(workdir, *config.profile_steps)
+    with closing_checkpoints(run.mngr), contextlib.closing(profile):
+      return train(run, profile)
 
 
 def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """The run's network, data, jitted steps and state: restored from the latest checkpoint, or initialised."""
+  """The run's network, data, jitted steps and state: restored from the newest checkpoint that restores (newer
+  ones set aside, `checkpointing.set_aside`), or initialised."""
   model = network.create_model(config)
   mesh = parallel.make_mesh()
-  mngr = checkpointing.manager(workdir, config.keep_checkpoints)
-  latest = mngr.latest_step()
-  batches, steps_per_epoch = pipeline.train_batches(config, latest or 0, jax.process_index(), jax.process_count())
+  steps_per_epoch = pipeline.train_steps_per_epoch(config, jax.process_index(), jax.process_count())
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else max(1, optim.epochs_to_steps(config.num_epochs, steps_per_epoch)))
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, num_steps)
@@ -148,6 +184,11 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
   eval_fn = evaluation.jit_eval_step(mesh, model, augment.normalize_fn(config, pixel_mean))
   writer = metric_writer.MetricWriter(workdir, enabled=jax.process_index() == 0)
   key = parallel.device_stream_key(config.seed, 'init', mesh)
+  mngr = checkpointing.manager(workdir, config.keep_checkpoints)
+  abstract_state = jax.eval_shape(init_fn, key)
+  state, latest, skipped = checkpointing.restore_newest(
+      mngr, lambda step: checkpointing.restore(mngr, step, abstract_state, model.arch))
+  writer.drop_after(latest or 0)  # what a killed run wrote after its last checkpoint, and a torn last line
   if latest is None:
     state = init_fn(key)
     metric_writer.log(f'Training {network.count_params(state.params):,} parameters from scratch: '
@@ -155,9 +196,10 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
                       f'batch {config.batch_size} on {jax.device_count()} device(s), {jax.process_count()} '
                       f'process(es). Logs: {workdir}')
   else:
-    state = checkpointing.restore(mngr, latest, jax.eval_shape(init_fn, key), model.arch)
-    writer.drop_after(latest)
+    if skipped:
+      checkpointing.set_aside(mngr, workdir, skipped, latest)
     metric_writer.log(f'Resuming from the checkpoint at step {latest}/{num_steps} in {mngr.directory}')
+  batches, _ = pipeline.train_batches(config, latest or 0, jax.process_index(), jax.process_count())
   return Run(config, mesh, model.arch, mngr, writer, batches, steps_per_epoch, num_steps, jax.jit(schedule),
              train_fn, eval_fn, state, latest or 0)
 
@@ -250,11 +292,13 @@ def log_train_metrics(run: Run, done: progress.Progress, step: int, sums: dict[s
   n_sums = int(sums.pop('steps'))
   first_bad = int(sums.pop('first_nonfinite_step'))
   if first_bad != steps.NO_BAD_STEP:
+    kept = run.mngr.latest_step()
     raise FloatingPointError(
         f'non-finite loss, gradients or parameters at step {first_bad} (first of steps {step - n_sums + 1}-{step}); '
-        f'nothing was saved after it and the last good checkpoint (step {run.mngr.latest_step()}) in '
-        f'{run.mngr.directory} is kept. Lower config.optim.learning_rate, check the input data, or set '
-        f'--config.skip_nonfinite_steps=True to skip such batches.')
+        + (f'nothing was saved after it and the last good checkpoint (step {kept}) in {run.mngr.directory} is kept. '
+           if kept is not None else 'no checkpoint was saved before it. ')
+        + 'Lower config.optim.learning_rate, check the input data, or set --config.skip_nonfinite_steps=True to skip '
+          'such batches.')
   sums = {k: float(v) for k, v in sums.items()}
   skipped = sums.pop('skipped', 0.0)
   means = {k: v / max(n_sums - skipped, 1) for k, v in sums.items()}

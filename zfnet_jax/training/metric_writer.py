@@ -10,7 +10,7 @@ import json
 import jax
 import tensorflow as tf
 
-from zfnet_jax import paths
+from zfnet_jax import paths, progress
 
 
 def log(msg: str) -> None:
@@ -20,10 +20,29 @@ def log(msg: str) -> None:
 
 
 def read_records(path: str) -> list[dict]:
-  """The records of a `metrics.jsonl` (local or `gs://`), in file order; [] if there is none yet."""
+  """The records of a `metrics.jsonl` (local or `gs://`), in file order; [] if there is none yet.
+
+  A line that is not a JSON record (a torn last line: a run killed while appending it) is left out with a
+  warning naming the file; a resumed run rewrites the file without it (`MetricWriter.drop_after`).
+  """
   if not paths.exists(path):
     return []
-  return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
+  records, bad = [], []
+  lines = paths.read_text(path).splitlines()
+  for number, line in enumerate(lines, 1):
+    try:
+      record = json.loads(line) if line.strip() else None
+    except ValueError:
+      record = False
+    if isinstance(record, dict) and 'step' in record:
+      records.append(record)
+    elif record is not None:
+      bad.append(number)
+  if bad:
+    what = (f'its last line (line {bad[0]}) is cut off (a run killed while writing it)' if bad == [len(lines)]
+            else f'line(s) {bad} are not JSON records')
+    progress.warn(f'{path}: {what}; left out (a resumed run rewrites the file without it)')
+  return records
 
 
 def read_curves(workdir: str) -> dict[str, list[dict]]:
@@ -47,19 +66,25 @@ class MetricWriter:
     self._tb_dir = paths.join(workdir, 'tensorboard')
 
   def drop_after(self, step: int) -> None:
-    """Forgets records past `step`, those of a run that died after its last checkpoint and are now redone:
-    in `metrics.jsonl` and in every TensorBoard event file, so that a resumed run draws one curve."""
+    """Forgets records past `step`, those of a run that died after its last checkpoint (or before its first:
+    `step` 0) and are now redone, and any torn line: in `metrics.jsonl` and in every TensorBoard event file,
+    so that a resumed run draws one curve."""
     if not self.enabled:
       return
     # each file is rewritten to a temporary one and renamed over it: a crash leaves the old or the new
     if paths.exists(self.path):
       paths.write_text(self.path, ''.join(json.dumps(r) + '\n' for r in read_records(self.path) if r['step'] <= step))
     for events_file in paths.glob(paths.join(self._tb_dir, '*', '*tfevents*')):
-      records = tf.data.TFRecordDataset(events_file).as_numpy_iterator()
-      with tf.io.TFRecordWriter(events_file + '.tmp') as f:
-        for r in records:
+      kept = []
+      try:
+        for r in tf.data.TFRecordDataset(events_file).as_numpy_iterator():
           if tf.compat.v1.Event.FromString(r).step <= step:
-            f.write(r)
+            kept.append(r)
+      except tf.errors.DataLossError:  # a run killed while appending: the records before it stay
+        progress.warn(f'{events_file}: its last record is cut off (a run killed while writing it); left out')
+      with tf.io.TFRecordWriter(events_file + '.tmp') as f:
+        for r in kept:
+          f.write(r)
       paths.replace(events_file + '.tmp', events_file)
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
@@ -76,12 +101,10 @@ class MetricWriter:
 
 
 class ProfileWindow:
-  """Traces train steps `first..last` (1-based) with `jax.profiler` into `WORKDIR/profile`; `(0, 0)`: off."""
+  """Traces train steps `first..last` (1-based) with `jax.profiler` into `WORKDIR/profile`; `(0, 0)`: off
+  (`config_lib.check` holds the rule for `config.profile_steps`)."""
 
   def __init__(self, workdir: str, first: int, last: int):
-    if (first, last) != (0, 0) and not 1 <= first <= last:
-      raise ValueError(f'config.profile_steps=({first}, {last}) must be (0, 0) (off) or (first, last) with '
-                       f'1 <= first <= last, e.g. --config.profile_steps=10,15')
     self._dir, self._first, self._last, self._active = paths.join(workdir, 'profile'), first, last, False
 
   def before_step(self, step: int) -> None:

@@ -79,7 +79,13 @@ def import_weights(path: str, config: ml_collections.ConfigDict, workdir: str) -
   model = network.create_model(config)
   tensors, metadata = read_state_dict(path)
   if 'architecture' in metadata:  # exported here: the architecture it was exported from
-    differences = network.architecture_differences(json.loads(metadata['architecture']), model.arch)
+    try:
+      saved = json.loads(metadata['architecture'])
+      differences = network.architecture_differences(saved, model.arch)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+      raise ValueError(f'{path}: its metadata field "architecture" is not an architecture this codebase exports '
+                       f'({type(e).__name__}: {e}); nothing was imported. Export the file again, or remove that field '
+                       f'to import the tensors by the config alone.') from None
     if differences:
       raise checkpointing.ArchitectureMismatchError(
           f'{path} was exported from a different network than the config describes:\n  ' + '\n  '.join(differences)
