@@ -22,7 +22,8 @@ from safetensors.numpy import save_file
 
 from conftest import REPO, config_path, digits_config
 from zfnet_jax import cli, config_lib, paths
-from zfnet_jax.data import inputs, pipeline, squares, sources
+from zfnet_jax.data import inputs, pipeline, squares
+from zfnet_jax.interpret import figures
 from zfnet_jax.training import checkpointing, loop, metric_writer, weights
 
 matplotlib.use('Agg')
@@ -417,15 +418,16 @@ def test_bad_input_files_fail_with_one_clear_line(run, tmp_path):
 
 def test_class_names_with_dollars_draw_literally_in_figure_titles(tmp_path):
   name = r'$\foo$'
-  fig = plt.figure()
-  fig.suptitle(f'true class {name}')
-  with pytest.raises(Exception, match=r'Unknown symbol: \\foo'):  # matplotlib's mathtext: what a raw name meets
-    fig.savefig(tmp_path / 'raw.png')
-  plt.close(fig)
-  fig = plt.figure()
-  fig.suptitle(f'true class {sources.literal_text(name)}')
-  fig.savefig(tmp_path / 'escaped.png')
-  plt.close(fig)
+  with matplotlib.rc_context({'text.parse_math': True}):  # matplotlib's default: what a raw name meets
+    fig = plt.figure()
+    fig.suptitle(f'true class {name}')
+    with pytest.raises(Exception, match=r'Unknown symbol: \\foo'):
+      fig.savefig(tmp_path / 'raw.png')
+    plt.close(fig)
+  image = np.zeros((8, 8, 3), np.float32)
+  fig, _ = figures.image_figure(image, f'true class {name}')  # every figure of the package
+  figures.Writer(str(tmp_path)).figure('escaped.png', fig)
+  assert PIL.Image.open(tmp_path / 'escaped.png').size[0] > 0
 
 
 # ------------------------------------------------------------------------------------- errors for people

@@ -18,7 +18,8 @@ Commands (each reads the checkpoint in `--workdir`, writes PNGs with their raw a
                   (`OUT/index.html`, default `WORKDIR/report/`; see `interpret/report.py`)
 Images come from the evaluation split (`--index`; `--count` of class `--label`) or from files (`--image`,
 `--images`): any image format, preprocessed as for evaluation, or a `.npy` float32 `[H, W, C]` network
-input used as is. Config fields are overridden as in training: `--config.dataset.data_dir=DIR`.
+input used as is. Config fields are overridden as in training: `--config.dataset.data_dir=DIR`. A known
+error prints as one `error:` line (exit status 1); `--verbose` (or `ZFNET_VERBOSE=1`) adds its traceback.
 
   python -m zfnet_jax.visualize topk --config configs/digits.py --workdir runs/digits
 """
@@ -31,7 +32,7 @@ import sys
 import ml_collections
 import numpy as np
 
-from zfnet_jax import config_lib
+from zfnet_jax import cli, config_lib, progress
 from zfnet_jax.data import inputs, pipeline, sources, squares
 from zfnet_jax.interpret import (correspondence, evolution, figures, invariance, occlusion, projection, report, site,
                                  topk)
@@ -40,14 +41,24 @@ from zfnet_jax.training import checkpointing, metric_writer
 
 
 def load_run(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> report.Run:
-  """The checkpoint at `step` (default: the latest) of the run in `workdir`, the steps kept up to it with a
-  loader for each, and the run's metrics: what every command reads of a run."""
+  """The checkpoint at `step` (default: the newest that restores) of the run in `workdir`, the steps kept up to
+  it with a loader for each (incomplete step folders left out, with a warning), and the run's metrics: what
+  every command reads of a run."""
   model, params, step = checkpointing.load_params(config, workdir, step)
   mngr = checkpointing.manager(workdir)
-  steps = [s for s in mngr.all_steps() if s <= step]
+  steps = [s for s in mngr.all_steps() if s <= step and _complete(mngr, s)]
   mngr.close()
   params_at = lambda s: params if s == step else checkpointing.load_params(config, workdir, s)[1]  # noqa: E731
   return report.Run(workdir, model, params, step, steps, params_at, metric_writer.read_curves(workdir))
+
+
+def _complete(mngr, step: int) -> bool:
+  try:
+    checkpointing.check_complete(mngr, step)
+    return True
+  except FileNotFoundError as e:
+    progress.warn(f'checkpoint step {step} in {mngr.directory} is left out: {e}')
+    return False
 
 
 def _names(config: ml_collections.ConfigDict) -> list[str]:
@@ -279,4 +290,5 @@ def main(argv: list[str]) -> None:
 if __name__ == '__main__':
   from absl import logging
   logging.set_verbosity(logging.WARNING)  # tfds and Orbax log every file they touch at INFO
-  main(sys.argv[1:])
+  with cli.errors_for_people('--verbose' in sys.argv[1:]):
+    main([a for a in sys.argv[1:] if a != '--verbose'])

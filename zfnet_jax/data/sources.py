@@ -98,12 +98,6 @@ def check_classes(config: ml_collections.ConfigDict, dataset_classes: int) -> in
   return num_classes
 
 
-def literal_text(text: str) -> str:
-  """`text` (a class name, a file name) as matplotlib draws it literally: a `$` pair would start mathtext, which
-  fails on names such as `$\\foo$`; escaped, it is drawn as written."""
-  return text.replace('$', r'\$')
-
-
 def class_names(config: ml_collections.ConfigDict) -> list[str] | None:
   """The network's class names, index by output: the dataset's label names (its `dataset.classes`
   subset, in that order), read from the tfds builder without preparing it. None where the dataset has

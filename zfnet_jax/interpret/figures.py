@@ -80,8 +80,11 @@ class Writer:
 
 
 def pyplot():
+  """matplotlib's pyplot, off screen, drawing every text literally: class and file names such as `$\\foo$`
+  would otherwise start mathtext (which fails on them), and no figure here uses mathtext."""
   import matplotlib
   matplotlib.use('Agg')
+  matplotlib.rcParams['text.parse_math'] = False
   import matplotlib.pyplot as plt
   return plt
 
