@@ -6,6 +6,8 @@ the step crops, flips and normalises itself, as in training; the state is donate
 """
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import ml_collections
 
@@ -16,8 +18,9 @@ from zfnet_jax.model import network
 from zfnet_jax.training import optim, steps
 
 
-def run(config: ml_collections.ConfigDict, options: harness.Options) -> list[harness.Record]:
-  """One record of `config.batch_size` images per step, with `compile_s`."""
+def run(config: ml_collections.ConfigDict, options: harness.Options, profile_dir: str = '') -> list[harness.Record]:
+  """One record of `config.batch_size` images per step, with `compile_s`; with `profile_dir`, the timed steps
+  run under `jax.profiler.trace` into it (a Perfetto trace beside TensorBoard's)."""
   mesh = parallel.make_mesh()
   model = network.create_model(config)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch=1000, num_steps=1000 * config.num_epochs)
@@ -35,6 +38,7 @@ def run(config: ml_collections.ConfigDict, options: harness.Options) -> list[har
     state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
 
-  times = harness.time_steps(step, options.warmup, options.steps)
+  with jax.profiler.trace(profile_dir, create_perfetto_trace=True) if profile_dir else contextlib.nullcontext():
+    times = harness.time_steps(step, options.warmup, options.steps)
   return [harness.record(options, config, 'train', config.batch_size, times, harness.step_flops(compiled),
                          compile_s=compile_s)]
