@@ -20,7 +20,7 @@
 # Exit status 1 when a part failed or ran out of its budget (its line in results.jsonl says which); the table is
 # written either way.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 
 SMOKE=0
 OUT=""
@@ -47,7 +47,7 @@ if [ "$SMOKE" = 1 ]; then
   export JAX_PLATFORMS=cpu
   export JAX_COMPILATION_CACHE_DIR="$OUT/jax_cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0  # profile reuses train's
   # A tiny network on 64 px crops of 72 px squares, batch 8; a nominal 1 TFLOP/s peak so the MFU column is computed.
-  CONFIG=(--config configs/default.py --config.model.conv_features=8,8,8,8,8 --config.model.fc_features=16,16
+  CONFIG=(--config configs/default.py '--config.model.conv_features=8,8,8,8,8' '--config.model.fc_features=16,16'
           --config.model.image_size=64 --config.input.resize_size=72 --config.batch_size=8 --config.eval_batch_size=8)
   COMMON=(--warmup 0 --batches 8 --peak_tflops 1 --images 16)
   STEPS=(devices=1 train=1 profile=1 maxpool=1 interpret=1 input=2)
@@ -131,6 +131,7 @@ SQUARES=("${CONFIG[@]}")  # the squares the parts' config trains on
 for arg in "${EXTRA[@]}"; do
   case "$arg" in --config.*) SQUARES+=("$arg") ;; esac
 done
+# shellcheck disable=SC2016  # the inner script expands its own arguments
 part input_data bash -c '"$1" scripts/make_imagenet_archives.py --out "$2/manual" $3 >&2 &&
   "$1" scripts/prepare_imagenet.py --manual_dir "$2/manual" --data_dir "$2/tfds" "${@:4}" >&2' _ \
   "$PY" "$DATA" "${ARCHIVES[*]}" "${SQUARES[@]}"

@@ -191,9 +191,23 @@ def _profile(config: ml_collections.ConfigDict, options: harness.Options) -> Ite
                        profile_dir=out)
   ops, busy = profile_ops(out)
   top = sorted(ops.items(), key=lambda kv: -kv[1])[:max(options.steps, 10)]
+  with open(os.path.join(out, train.HLO_FILE)) as f:
+    sources = hlo_sources(f.read())
   yield {**record, 'what': 'profile', 'profile_dir': out, 'profiled_steps': PROFILE_STEPS,
          'device_busy_s_per_step': busy / PROFILE_STEPS,
-         'top_ops': [{'op': name, 'ms_per_step': 1e3 * s / PROFILE_STEPS, 'share': s / busy} for name, s in top]}
+         'top_ops': [{'op': name, 'ms_per_step': 1e3 * s / PROFILE_STEPS, 'share': s / busy,
+                      'source': sources.get(name, [])[:3]} for name, s in top]}
+
+
+def hlo_sources(hlo: str) -> dict[str, list[str]]:
+  """`{op name without its .N suffix: [the jax operations it computes (`op_name` metadata), ...]}` of a compiled
+  module's text, to say which layer and pass (forward, `transpose(jvp(...))` backward) a profiled op belongs to."""
+  sources: dict[str, list[str]] = {}
+  for name, op_name in re.findall(r'^\s*(?:ROOT )?%?([\w.-]+) = .*?metadata=\{op_name="([^"]+)"', hlo, re.MULTILINE):
+    names = sources.setdefault(re.sub(r'\.\d+$', '', name), [])
+    if op_name not in names:
+      names.append(op_name)
+  return sources
 
 
 def profile_ops(trace_dir: str) -> tuple[dict[str, float], float]:
