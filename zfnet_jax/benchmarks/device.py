@@ -107,6 +107,7 @@ def run(config: ml_collections.ConfigDict, options: harness.Options) -> Iterator
 
 
 def _devices(config: ml_collections.ConfigDict, options: harness.Options) -> Iterator[harness.Record]:
+  """One record: what this process sees (and the first thing to fail when the accelerator's jax is missing)."""
   device = jax.devices()[0]
   peaks, source = peak_tflops(device.device_kind, options.peak_tflops)
   memory = (device.memory_stats() or {}).get('bytes_limit')
@@ -278,6 +279,8 @@ def _maxpool(config: ml_collections.ConfigDict, options: harness.Options) -> Ite
 
 
 def _interpret(config: ml_collections.ConfigDict, options: harness.Options) -> Iterator[harness.Record]:
+  """The analyses' measurements of `INTERPRET`, each as its own subcommand records it; a `status` line for each
+  that this version does not have yet."""
   from zfnet_jax.benchmarks import BENCHMARKS
   for name in INTERPRET:
     if name not in BENCHMARKS:
