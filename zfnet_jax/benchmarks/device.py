@@ -47,9 +47,10 @@ MAX_BATCH = 4096
 PROFILE_STEPS = 5
 
 # Dense peak TFLOP/s per device (one GPU, one TPU chip): `(pattern on the lower-case device kind, name, bfloat16,
-# float32)`, first match wins. "float32" is what XLA runs float32 convolutions and dots at under JAX's default
-# precision: TF32 tensor cores on A100/H100/H200 (FP32 without them: A100 19.5, H100/H200 SXM 67), one bfloat16
-# pass on TPUs. Sparsity-doubled datasheet figures are halved.
+# float32)`, first match wins. "float32" is what float32 convolutions and dots run at under JAX's default precision
+# (docs.jax.dev/en/latest/201/precision.html: "bfloat16 on TPU, TF32 on recent GPUs"): TF32 tensor cores on
+# A100/H100/H200 (FP32 without them: A100 19.5, H100/H200 SXM 67), one bfloat16 pass on TPUs. Sparsity-doubled
+# datasheet figures are halved.
 PEAKS = (
     # NVIDIA H200 Tensor Core GPU datasheet (2024): SXM BF16 1,979 / TF32 989 TFLOPS with sparsity.
     (r'h200 nvl', 'H200 NVL', 835.5, 417.5),  # same datasheet, NVL: BF16 1,671 / TF32 835 with sparsity
