@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 Batch = dict[str, jax.Array]
 
@@ -21,9 +21,18 @@ _CPU_COMPILER_OPTIONS = {
     'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 
 
-def compiler_options(mesh: Mesh) -> dict[str, str] | None:
-  """XLA options for jitting the network over `mesh`: on CPU, convolutions by Eigen rather than YNNPACK."""
-  return dict(_CPU_COMPILER_OPTIONS) if mesh.devices.flat[0].platform == 'cpu' else None
+def platform(mesh: Mesh | AbstractMesh) -> str | None:
+  """The platform of `mesh`'s devices (`cpu`, `gpu`/`cuda`, `rocm`, `tpu`). An `AbstractMesh` names it in its
+  `abstract_device` (how a step is built for a platform this process has no devices of: tests/test_lowering.py);
+  None if it names none."""
+  abstract = mesh if isinstance(mesh, AbstractMesh) else mesh.abstract_mesh
+  return abstract.abstract_device.platform if abstract.abstract_device is not None else None
+
+
+def compiler_options(mesh: Mesh | AbstractMesh) -> dict[str, str] | None:
+  """XLA options for jitting the network over `mesh`: on CPU, convolutions by Eigen rather than YNNPACK; on every
+  other platform none (`jax.jit` keeps its options whatever platform it is lowered for, so they follow the mesh)."""
+  return dict(_CPU_COMPILER_OPTIONS) if platform(mesh) == 'cpu' else None
 
 
 def one_step_in_flight() -> bool:

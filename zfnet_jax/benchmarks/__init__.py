@@ -4,13 +4,15 @@
 inputs). Each measurement module is named after its subcommand and has `run(config, options) -> records`:
 `train`, `infer`, `deconv`, `occlusion` (jitted steps on synthetic data), `report` (the report's layer
 pages against the top-9 job), `pageload` (a built report in headless Chromium) and `input` (Grain beside a
-plain tf.data pipeline). `BENCHMARKS` maps each subcommand to its `run`, importing the module on the first
+plain tf.data pipeline); `device` runs them, and what else a GPU or TPU host must measure, in parts
+(`scripts/device_check.sh`). `BENCHMARKS` maps each subcommand to its `run`, importing the module on the first
 call, so a measurement loads only what it needs (`input`'s processes: not the training or interpret code;
 `train`: no TensorFlow).
 """
 from __future__ import annotations
 
 import importlib
+from typing import Iterable
 
 import ml_collections
 
@@ -18,13 +20,13 @@ from zfnet_jax.benchmarks.harness import Benchmark, Options, Record
 
 
 def _run_of(name: str) -> Benchmark:
-  def run(config: ml_collections.ConfigDict, options: Options) -> list[Record]:
+  def run(config: ml_collections.ConfigDict, options: Options) -> Iterable[Record]:
     return importlib.import_module(f'{__name__}.{name}').run(config, options)
   run.__doc__ = f'`zfnet_jax.benchmarks.{name}.run`, imported on the first call.'
   return run
 
 
-BENCHMARKS: dict[str, Benchmark] = {
-    name: _run_of(name) for name in ('train', 'infer', 'deconv', 'occlusion', 'report', 'pageload', 'input')}
+MEASUREMENTS = ('train', 'infer', 'deconv', 'occlusion', 'report', 'pageload', 'input')
+BENCHMARKS: dict[str, Benchmark] = {name: _run_of(name) for name in (*MEASUREMENTS, 'device')}
 
-__all__ = ['BENCHMARKS', 'Options']
+__all__ = ['BENCHMARKS', 'MEASUREMENTS', 'Options']

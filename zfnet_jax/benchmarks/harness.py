@@ -12,7 +12,7 @@ import datetime
 import resource
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import jax
 import ml_collections
@@ -34,6 +34,10 @@ class Options:
   site: str = ''  # pageload: a folder `visualize report` wrote
   screenshot: str = ''  # pageload: also save a screenshot of the largest layer page here
   start_step: int = 0  # input: the step the iterator starts at (a resume)
+  parts: str = ''  # device: which parts, comma-separated (default all: `device.PARTS`)
+  batches: str = ''  # device: train/infer batch sizes, comma-separated (default: doubling while images/s grows)
+  peak_tflops: str = ''  # device: one device's peak TFLOP/s, 'BF16[,F32]', where `device.PEAKS` lacks it
+  profile_dir: str = ''  # device: where the profile part writes its trace (default: a temporary folder)
 
   def __post_init__(self):
     if self.steps < 1:
@@ -42,7 +46,7 @@ class Options:
       raise ValueError(f'--warmup must be at least 0, got {self.warmup}')
 
 
-Benchmark = Callable[[ml_collections.ConfigDict, Options], list[Record]]
+Benchmark = Callable[[ml_collections.ConfigDict, Options], Iterable[Record]]
 
 
 @dataclasses.dataclass(frozen=True)

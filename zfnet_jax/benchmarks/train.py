@@ -6,6 +6,9 @@ the step crops, flips and normalises itself, as in training; the state is donate
 """
 from __future__ import annotations
 
+import contextlib
+import os
+
 import jax
 import ml_collections
 
@@ -15,9 +18,13 @@ from zfnet_jax.data import augment
 from zfnet_jax.model import network
 from zfnet_jax.training import optim, steps
 
+HLO_FILE = 'train_step.hlo.txt'
 
-def run(config: ml_collections.ConfigDict, options: harness.Options) -> list[harness.Record]:
-  """One record of `config.batch_size` images per step, with `compile_s`."""
+
+def run(config: ml_collections.ConfigDict, options: harness.Options, profile_dir: str = '') -> list[harness.Record]:
+  """One record of `config.batch_size` images per step, with `compile_s`; with `profile_dir`, the timed steps
+  run under `jax.profiler.trace` into it (a Perfetto trace beside TensorBoard's), and the compiled step's HLO
+  is written beside them (`train_step.hlo.txt`: what each op of the trace computes)."""
   mesh = parallel.make_mesh()
   model = network.create_model(config)
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch=1000, num_steps=1000 * config.num_epochs)
@@ -35,6 +42,11 @@ def run(config: ml_collections.ConfigDict, options: harness.Options) -> list[har
     state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
 
-  times = harness.time_steps(step, options.warmup, options.steps)
+  if profile_dir:
+    os.makedirs(profile_dir, exist_ok=True)
+    with open(os.path.join(profile_dir, HLO_FILE), 'w') as f:
+      f.write(compiled.as_text())
+  with jax.profiler.trace(profile_dir, create_perfetto_trace=True) if profile_dir else contextlib.nullcontext():
+    times = harness.time_steps(step, options.warmup, options.steps)
   return [harness.record(options, config, 'train', config.batch_size, times, harness.step_flops(compiled),
                          compile_s=compile_s)]

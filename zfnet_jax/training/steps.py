@@ -120,15 +120,14 @@ def jit_steps(mesh: Mesh, model: network.ConvNet, tx: optax.GradientTransformati
   `augment.train_inputs_fn(config, pixel_mean)`.
 
   `init(key) -> state` (replicated; the key is `parallel.device_stream_key(seed, 'init', mesh)`);
-  `train(state, batch) -> (state, metrics)`, dropout drawn from the seed's `dropout` stream.
+  `train(state, batch) -> (state, metrics)`, dropout drawn from the seed's `dropout` stream (its key made inside
+  the step, so building the steps runs nothing: `mesh` may be an `AbstractMesh` of another platform's devices).
   """
   copies, data = parallel.replicated(mesh), parallel.sharded(mesh)
-  options = parallel.compiler_options(mesh)
   init = jax.jit(functools.partial(create_state, model, tx), in_shardings=copies, out_shardings=copies)
-  dropout_key = parallel.device_stream_key(seed, 'dropout', mesh)
-  train = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, dropout_key=dropout_key,
-                        filter_rms_radius=filter_rms_radius, inputs=inputs, skip_nonfinite=skip_nonfinite),
-      in_shardings=(copies, data), out_shardings=(copies, copies), donate_argnums=0,
-      compiler_options=options)
-  return init, train
+
+  def train(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    return train_step(state, batch, model=model, tx=tx, dropout_key=parallel.stream_key(seed, 'dropout'),
+                      filter_rms_radius=filter_rms_radius, inputs=inputs, skip_nonfinite=skip_nonfinite)
+  return init, jax.jit(train, in_shardings=(copies, data), out_shardings=(copies, copies), donate_argnums=0,
+                       compiler_options=parallel.compiler_options(mesh))
