@@ -6,7 +6,7 @@ from PIL import Image
 
 from zfnet_jax import predict
 from zfnet_jax.data import augment, inputs, pipeline, sources
-from zfnet_jax.training import checkpointing
+from zfnet_jax.training import checkpointing, evaluation
 
 
 def test_image_files_and_npy_inputs_give_the_checkpoints_logits(trained_digits, tmp_path):
@@ -23,7 +23,7 @@ def test_image_files_and_npy_inputs_give_the_checkpoints_logits(trained_digits, 
   np.save(tmp_path / 'digit0.npy', preprocessed)
   paths.append(str(tmp_path / 'digit0.npy'))
 
-  logits, step = predict.predict(config, workdir, paths)
+  logits, step = evaluation.predict_files(config, workdir, paths)
   model, params, latest = checkpointing.load_params(config, workdir)
   assert logits.shape == (4, 10) and step == latest
   np.testing.assert_allclose(logits[0], model.apply({'params': params}, preprocessed[None])[0], rtol=1e-5, atol=1e-5)

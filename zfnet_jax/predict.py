@@ -9,29 +9,15 @@ are the dataset's label names where its tfds builder has them (ImageNet's are Wo
 """
 from __future__ import annotations
 
-
 import jax
-import ml_collections
 import numpy as np
 from absl import app, flags
 
 from zfnet_jax import cli, config_lib
-from zfnet_jax.data import inputs, sources
-from zfnet_jax.model import inference
-from zfnet_jax.training import checkpointing
+from zfnet_jax.data import sources
+from zfnet_jax.training import evaluation
 
 TOP_K = 5
-
-
-def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> tuple[np.ndarray, int]:
-  """`(logits [N, num_classes], checkpoint step)` of the latest checkpoint of `workdir` for the inputs at `paths`."""
-  sources.hide_accelerators_from_tf()
-  inputs = np.stack([inputs.load_input(p, config) for p in paths])
-  model, params, step = checkpointing.load_params(config, workdir)
-  logits = jax.jit(lambda p, x: {'logits': model.apply({'params': p}, x)})
-  n = config.eval_batch_size
-  batches = ({'image': inputs[i:i + n], 'mask': np.ones(len(inputs[i:i + n]))} for i in range(0, len(inputs), n))
-  return inference.collect(logits, params, batches)['logits'], step
 
 
 def top_k_lines(logits: np.ndarray, names: list[str] | None, k: int = TOP_K) -> list[str]:
@@ -47,7 +33,7 @@ def main(argv: list[str]) -> None:
   if not paths:
     raise app.UsageError('give one or more IMAGE files or preprocessed .npy arrays after the flags')
   FLAGS = flags.FLAGS
-  logits, step = predict(FLAGS.config, FLAGS.workdir, paths)
+  logits, step = evaluation.predict_files(FLAGS.config, FLAGS.workdir, paths)
   names = sources.class_names(FLAGS.config)
   print(f'Checkpoint step {step} of {FLAGS.workdir}; top-{min(TOP_K, logits.shape[1])} (probability, class):')
   for path, row in zip(paths, logits):

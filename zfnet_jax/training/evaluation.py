@@ -13,12 +13,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import tensorflow as tf
 from jax.sharding import Mesh
 
 from zfnet_jax import parallel, paths
-from zfnet_jax.data import augment, pipeline, sources, squares
-from zfnet_jax.model import network
+from zfnet_jax.data import augment, inputs, pipeline, sources, squares
+from zfnet_jax.model import inference, network
 from zfnet_jax.training import checkpointing, steps
 
 CROP_MODES = (1, 10)
@@ -131,3 +132,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, num_cro
       raise ResultNotSavedError(f'could not write {path} ({reason}), so the result is not saved: copy it from '
                                 f'above, or evaluate again where the workdir is writable', record) from None
   return record
+
+
+def predict_files(config: ml_collections.ConfigDict, workdir: str, files: list[str]) -> tuple[np.ndarray, int]:
+  """`(logits [N, num_classes], checkpoint step)` of the latest checkpoint of `workdir` for image files or `.npy`
+  network inputs (`inputs.load_input`), `eval_batch_size` at a time."""
+  sources.hide_accelerators_from_tf()
+  images = np.stack([inputs.load_input(f, config) for f in files])
+  model, params, step = checkpointing.load_params(config, workdir)
+  logits = jax.jit(lambda p, x: {'logits': model.apply({'params': p}, x)})
+  n = config.eval_batch_size
+  batches = ({'image': images[i:i + n], 'mask': np.ones(len(images[i:i + n]))} for i in range(0, len(images), n))
+  return inference.collect(logits, params, batches)['logits'], step
