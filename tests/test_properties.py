@@ -95,6 +95,12 @@ def test_topk_of_any_partition_merged_in_any_order_is_the_topk_of_the_stream(cas
 _FROM_ZERO: dict[int, tuple] = {}  # global batch -> (one host's stream from step 0, its batches read so far)
 
 
+@pytest.fixture(scope='module', autouse=True)
+def close_streams():
+  yield
+  _FROM_ZERO.clear()  # the streams' Grain threads and the batches they read go with the module
+
+
 def from_zero(config, step: int) -> dict[str, np.ndarray]:
   """Global batch `step` of one host's run from step 0 (one stream per batch size, read on demand)."""
   stream, seen = _FROM_ZERO.setdefault(config.batch_size, (pipeline.train_batches(config)[0], []))
