@@ -391,7 +391,7 @@ def test_a_disk_that_fills_before_the_first_checkpoint_says_none_was_complete(tf
                        r'space and run the same command again'):
       loop.train_and_evaluate(digits_config(tfds_dir, **RUN), str(disk / 'run'))
   finally:
-    subprocess.run(['umount', str(disk)])
+    subprocess.run(['umount', '--lazy', str(disk)])  # TensorStore may still hold files there open
 
 
 # ------------------------------------------------------------------------------------ bad files as input
@@ -486,4 +486,4 @@ def test_command_lines_print_a_known_error_as_one_line_and_the_traceback_only_wh
     assert 'Traceback' not in stderr
     assert not os.path.exists(tmp_path / 'imported')
   finally:
-    subprocess.run(['umount', str(disk)])
+    subprocess.run(['umount', '--lazy', str(disk)])  # TensorStore may still hold files there open
