@@ -64,7 +64,8 @@ def open_split(config: ml_collections.ConfigDict, split: str, process_index: int
   from the stored labels, without reading any image. Opened once per process and set of squares (squares
   prepared again in the same process are opened again)."""
   b = squares.prepare(config, process_index)
-  key = (b, split, tuple(config.dataset.classes), config.model.num_classes, _permutation_seed(config, split))  # b: by identity
+  key = (b, split, tuple(config.dataset.classes), config.model.num_classes,
+         _permutation_seed(config, split))  # b: by identity
   if key not in _OPEN:
     _OPEN[key] = _open_split(config, b, split)
   return _OPEN[key]
