@@ -177,6 +177,14 @@ def gradcam(arch: network.Architecture, params: Any, image: jax.Array, target: T
   return jax.nn.relu(jnp.sum(jnp.mean(grads, axis=(0, 1)) * acts[0], axis=-1, keepdims=True))
 
 
+def gradcam_layer(arch: network.Architecture) -> str:
+  """Grad-CAM's default layer: the last conv layer whose map has more than one position (a 1x1 map's CAM is a
+  constant; the digits network's layer 5 is 1x1, so its default is layer 4)."""
+  sizes = arch.map_sizes()
+  spread = [c.layer for c in arch.convs if sizes[c.name][1] > 1]
+  return f'layer{(spread or [arch.convs[-1].layer])[-1]}'
+
+
 def attribute(arch: network.Architecture, params: Any, images: jax.Array, targets: Targets, layer: str = 'logits',
               method: str | Rules = 'gradient', steps: int = 32, baseline: float | jax.Array = 0.0,
               samples: int = 16, noise: float = 0.15, key: jax.Array | None = None) -> jax.Array:
@@ -184,7 +192,8 @@ def attribute(arch: network.Architecture, params: Any, images: jax.Array, target
   whose class is `targets.channel`). Raw values, before any display scaling.
 
   Args:
-    layer: where the targets live: 'logits' (a class), 'layer{n}'; for 'gradcam' the conv layer of the map.
+    layer: where the targets live: 'logits' (a class), 'layer{n}'; for 'gradcam' the conv layer of the map
+      ('logits': `gradcam_layer(arch)`).
     method: a name of `METHODS` or a point `Rules(...)` of the cube.
     steps: integrated gradients' Riemann steps (midpoints) from `baseline` (a scalar or `[H, W, C]`) to the image.
     samples, noise, key: smoothgrad's noisy copies, its noise's std as a fraction of each image's value range,
@@ -211,7 +220,7 @@ def attribute(arch: network.Architecture, params: Any, images: jax.Array, target
       return jnp.mean(jax.vmap(lambda p: grad(p, target))(noisy), axis=0)
     return jax.vmap(one)(images, targets, keys)
   if method == 'gradcam':
-    conv = layer if layer != 'logits' else f'layer{arch.convs[-1].layer}'
+    conv = layer if layer != 'logits' else gradcam_layer(arch)
     return jax.vmap(lambda i, t: gradcam(arch, params, i, t, conv))(images, targets)
   raise ValueError(f'unknown attribution method {method!r}: use one of {METHODS} or a Rules(mask, switches, '
                    f'rectify) point')

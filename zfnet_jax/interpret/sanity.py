@@ -74,7 +74,7 @@ def top_down(arch: network.Architecture) -> tuple[str, ...]:
 
 def mapper(arch: network.Architecture, steps: int = 16, samples: int = 8) -> Callable[..., np.ndarray]:
   """`maps(params, images, classes, method) -> [B, S, S, C]` numpy maps of the class logits, jitted per method
-  (Grad-CAM at the last conv layer, resized to the image for comparison)."""
+  (Grad-CAM at `attribution.gradcam_layer`, resized to the image for comparison)."""
   @functools.partial(jax.jit, static_argnums=3)
   def maps(params, images, classes, method):
     zeros = jnp.zeros_like(classes)
