@@ -36,6 +36,7 @@ import os
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -256,8 +257,15 @@ def _write_rows(write: figures.Writer, name: str, rows: list[dict]) -> None:
 
 def run_sanity(args, config, run: report.Run, write: figures.Writer) -> None:
   start = time.perf_counter()
-  images, _, _ = pipeline.first_images(config, args.split, lambda i, _: True, args.images)
   methods = tuple(args.methods)
+  if args.random_weights:
+    images = np.stack([inputs.load_input(f, config) for f in args.image_files])
+    rows = (sanity.image_recovery(run.model, run.params, images, methods, args.steps)
+            + sanity.random_class(run.model, run.params, images, methods, args.seed, args.steps))
+    _write_rows(write, 'recovery', rows)
+    print(f'image recovery on {len(images)} images, {len(methods)} methods: {time.perf_counter() - start:.0f} s')
+    return
+  images, _, _ = pipeline.first_images(config, args.split, lambda i, _: True, args.images)
   rows, cascade = sanity.randomisation(run.model, run.params, images, methods, args.seed, args.steps)
   rows += sanity.random_class(run.model, run.params, images, methods, args.seed, args.steps)
   if args.permuted_workdir:
@@ -356,6 +364,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--images', type=int, default=8, help='the first N images of the split')
   p.add_argument('--steps', type=int, default=16, help='integrated gradients\' steps')
   p.add_argument('--layer', type=int, help='conv layer for neuron selectivity and the 2^3 table (default: the last)')
+  p.add_argument('--random_weights', action='store_true', help='Nie et al.\'s image recovery on the config\'s '
+                 'network with freshly initialised weights (--workdir is not read): edge similarity and random class')
+  p.add_argument('--image_files', nargs='+', help='with --random_weights: the image files')
   p.add_argument('--permuted_workdir', help='a run trained with config.dataset.permute_labels_seed >= 0: adds '
                  'data randomisation')
   p = sub.add_parser('report', parents=[common], help='a static site: every unit of every layer, and the figures',
@@ -383,7 +394,12 @@ def main(argv: list[str]) -> None:
   config = config_lib.from_args(args.config, rest)
   args.split = args.split or config.dataset.eval_split
   sources.hide_accelerators_from_tf()
-  run = load_run(config, args.workdir, args.step)
+  if getattr(args, 'random_weights', False):
+    model = network.create_model(config)
+    params = network.init_params(model, jax.random.key(args.seed))
+    run = report.Run(args.workdir, model, params, 0, [0], lambda _: params, {})
+  else:
+    run = load_run(config, args.workdir, args.step)
   if args.command == 'report':
     return run_report(args, config, run)
   write = figures.Writer(args.out or os.path.join(args.workdir, 'visualize', args.command))

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats
-from skimage import feature, metrics
+from skimage import feature, filters, metrics
 
 from zfnet_jax.interpret import attribution
 from zfnet_jax.model import network
@@ -137,6 +137,21 @@ def data_randomisation(model: network.ConvNet, params: Any, permuted: Any, image
   true, perm = predicted(model, params, images), predicted(model, permuted, images)
   return [{'test': 'data_randomisation', 'method': m, 'layers': '',
            **_mean_similarity(maps(params, images, true, m), maps(permuted, images, perm, m))} for m in methods]
+
+
+def image_recovery(model: network.ConvNet, params: Any, images: np.ndarray, methods: tuple[str, ...] = DEFAULT_METHODS,
+                   steps: int = 16) -> list[dict]:
+  """Nie et al.'s partial image recovery: Spearman of each method's |map| (predicted class) with the image's edges
+  (Sobel magnitude of the grey image), mean over images; high with random weights means the map draws the input."""
+  maps = mapper(model.arch, steps)
+  classes = predicted(model, params, jnp.asarray(images))
+  edges = [filters.sobel(_grey(i)) for i in images]
+  rows = []
+  for m in methods:
+    out = maps(params, jnp.asarray(images), classes, m)
+    rows.append({'test': 'image_recovery', 'method': m, 'layers': '',
+                 'edges_spearman_abs': float(np.mean([_spearman(np.abs(_grey(o)), e) for o, e in zip(out, edges)]))})
+  return rows
 
 
 def _send_down(arch, params, image, layer, rules, position, signal):
