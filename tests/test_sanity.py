@@ -10,7 +10,7 @@ from skimage import feature, metrics
 
 from conftest import digits_config, small_net
 from zfnet_jax.data import pipeline
-from zfnet_jax.interpret import attribution, sanity
+from zfnet_jax.interpret import attribution, sanity, site
 
 pytestmark = pytest.mark.usefixtures('quick_compile')
 
@@ -71,6 +71,9 @@ def test_randomisation_tables_and_random_class():
   assert changed['conv2'] is params['conv2']
   same = sanity.random_class(model, params, images, methods, steps=4)
   assert [r['method'] for r in same] == list(methods)
+  page = site.sanity_page({'sanity': {'images': 2, 'rows': rows + same}, 'split': 'test'}, [1, 2])
+  assert '<svg' in page and 'gradcam' in page and 'href="sanity.html"' in page
+  assert 'Not built' in site.sanity_page({'sanity': None, 'split': 'test'}, [1])
   identical = sanity.data_randomisation(model, params, params, images, ('gradient',), steps=4)
   assert identical[0]['spearman_signed'] == pytest.approx(1.0)
 

@@ -248,7 +248,7 @@ def run_attribute(args, config, run: report.Run, write: figures.Writer) -> None:
 
 def _write_rows(write: figures.Writer, name: str, rows: list[dict]) -> None:
   with open(write.path(name + '.csv'), 'w', newline='') as f:
-    out = csv.DictWriter(f, fieldnames=list(rows[0]))
+    out = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
     out.writeheader()
     out.writerows(rows)
   with open(write.path(name + '.json'), 'w') as f:
@@ -287,7 +287,8 @@ def run_report(args, config, run: report.Run) -> None:
   out = args.out or os.path.join(args.workdir, 'report')
   layer_numbers = tuple(int(v) for v in args.layers.split(',')) if args.layers else None
   data = report.build(config, out, run, max_images=args.images, layers=layer_numbers, split=args.split, k=args.k,
-                      occlusion_images=args.examples, invariance_images=args.examples)
+                      occlusion_images=args.examples, invariance_images=args.examples,
+                      sanity_images=args.sanity_images)
   site.write_site(out, data)
   print(os.path.join(out, 'index.html'))
 
@@ -376,6 +377,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--layers', help='comma-separated conv layers to give pages (default: all)')
   p.add_argument('--k', type=int, default=9, help='activations kept per unit (9 in the paper)')
   p.add_argument('--examples', type=int, default=3, help='images for the occlusion maps and invariance curves')
+  p.add_argument('--sanity_images', type=int, default=0, help='> 0: sanity.html (randomisation and random-class '
+                 'checks on this many images) and each unit\'s selectivity on its layer page')
   return parser
 
 
