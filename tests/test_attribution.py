@@ -1,6 +1,7 @@
 """The attribution engine against independent computations: `jax.grad`, a vjp with ReLU's backward replaced,
 today's deconvnet projection, and the completeness axiom of integrated gradients."""
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -8,9 +9,11 @@ import numpy as np
 import pytest
 
 import deconv_reference
-from conftest import LAYOUTS, record, small_net
+from conftest import LAYOUTS, config_path, digits_config, record, small_net
+from zfnet_jax import visualize
 from zfnet_jax.interpret import attribution, deconvnet
 from zfnet_jax.model import layers, network
+from zfnet_jax.training import loop
 
 pytestmark = pytest.mark.usefixtures('quick_compile')
 
@@ -124,3 +127,33 @@ def test_every_method_and_cube_point_gives_finite_maps_of_the_right_shape():
     assert maps.shape == tuple(shape) and np.all(np.isfinite(maps)), method
   whole = _attribute(arch, params, images, 'layer3', 'deconvnet', _targets([1, 2], [-1, -1], [0, 0]))
   assert np.abs(np.asarray(whole)).max() > 0
+
+
+def test_attribute_and_sanity_commands(tfds_dir, tmp_path):
+  """`visualize attribute` writes each method's raw map `[H, W, C]` (Grad-CAM at its layer) and PNGs;
+  `visualize sanity` writes its tables and figures, on a tiny digits network trained one step."""
+  tiny = {'model.conv_features': (8, 6, 8, 8, 6), 'model.fc_features': (16, 16)}
+  config = digits_config(tfds_dir, num_train_steps=1, batch_size=32, log_every_steps=1000,
+                         **{k.replace('.', '__'): v for k, v in tiny.items()})
+  workdir = str(tmp_path / 'run')
+  loop.train_and_evaluate(config, workdir)
+  common = ['--config', config_path('digits'), '--workdir', workdir, f'--config.dataset.data_dir={tfds_dir}',
+            *(f'--config.{k}={",".join(map(str, v))}' for k, v in tiny.items())]
+  out = tmp_path / 'attribute'
+  visualize.main(['attribute', *common, '--index', '1', '--method', 'all', '--steps', '4', '--out', str(out)])
+  size = config.model.image_size
+  for method in attribution.METHODS:
+    shape = np.load(out / f'{method}.npy').shape
+    assert shape == ((3, 3, 1) if method == 'gradcam' else (size, size, 1)), method
+    assert (out / f'{method}.png').exists()
+  assert (out / 'attribute_all.png').exists()
+  visualize.main(['attribute', *common, '--method', 'no_mask-no_switches-no_rectify', '--layer', '2', '--channel',
+                  '1', '--out', str(tmp_path / 'cube')])
+  assert np.load(tmp_path / 'cube' / 'no_mask-no_switches-no_rectify.npy').shape == (size, size, 1)
+  out = tmp_path / 'sanity'
+  visualize.main(['sanity', *common, '--methods', 'deconvnet', 'gradient', '--images', '2', '--steps', '2',
+                  '--out', str(out)])
+  rows = json.loads((out / 'sanity.json').read_text())
+  assert {r['test'] for r in rows} == {'cascading', 'independent', 'random_class'}
+  assert len(json.loads((out / 'bottlenecks.json').read_text())) == 8
+  assert (out / 'sanity_cascade.png').exists() and (out / 'sanity_curves.png').exists()
