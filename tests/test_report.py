@@ -93,7 +93,7 @@ def _open_pages(out: str, expected_units: dict[int, int]) -> None:
                 f'ZFNET_CHROMIUM to a Chromium binary')
   from playwright.sync_api import sync_playwright
   pages = sorted(f for f in os.listdir(out) if f.endswith('.html'))
-  assert pages == sorted(['index.html', 'analyses.html'] + [f'layer{n}.html' for n in expected_units])
+  assert pages == sorted(['index.html', 'analyses.html', 'sanity.html'] + [f'layer{n}.html' for n in expected_units])
   with sync_playwright() as p:
     browser = p.chromium.launch(executable_path=CHROMIUM, args=['--no-sandbox'])
     try:

@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m zfnet_jax.benchmark train|infer|deconv|occlusion|report|pageload|input --config CFG`.
+"""Benchmarks: `python -m zfnet_jax.benchmark train|infer|deconv|occlusion|report|pageload|input|attribute`.
 
 Each subcommand prints one JSON line per measurement on stdout: config, what, batch, devices, dtype,
 images/s, median step time (after warm-up and compilation), achieved FLOP/s (XLA's cost analysis of the

@@ -60,6 +60,8 @@ def base() -> ml_collections.ConfigDict:
   d.eval_split = 'validation'
   d.classes = ()  # a subset of the dataset's labels, e.g. (0, 1, 2, 3, 4), relabelled 0..len-1 in this
   #                 order (set model.num_classes to match); () keeps every class
+  d.permute_labels_seed = -1  # >= 0: the train split's labels permuted with this seed (Adebayo et al.'s data
+  #                             randomisation sanity check); -1: the true labels
 
   c.input = i = ml_collections.ConfigDict()
   i.resize_size = 256  # prepared squares: short side resized to this, centre square (paper: 256)
@@ -116,6 +118,7 @@ RANGES: dict[str, str | tuple[str, dict[int, str]]] = {
     'num_train_steps': ('[1, inf)', {-1: 'train config.num_epochs instead'}), 'seed': '[0, inf)',
     'log_every_steps': '[1, inf)', 'eval_every_epochs': '(0, inf)', 'checkpoint_every_steps': '[1, inf)',
     'keep_checkpoints': ('[1, inf)', {-1: 'keep every checkpoint'}), 'profile_steps': '[0, inf)',
+    'dataset.permute_labels_seed': ('[0, inf)', {-1: 'train on the true labels'}),
 }
 
 

@@ -14,6 +14,10 @@ Commands (each reads the checkpoint in `--workdir`, writes PNGs with their raw a
   invariance      feature distances (at the first and last hidden layers, or `--layers`) and true-class
                   probability under translation, scale, rotation (Fig. 5)
   evolution       the strongest activation of feature maps at every checkpoint of the run up to `--step` (Fig. 4)
+  attribute       one image's maps by a method of the attribution engine (deconvnet, guided backprop, gradient,
+                  gradient x input, integrated gradients, smoothgrad, Grad-CAM; `--method all`: side by side)
+  sanity          the sanity checks (Adebayo et al., Nie et al., Mahendran & Vedaldi) on the checkpoint: CSV/JSON
+                  tables, the cascading-randomisation figure and the similarity curves
   report          a static site: every unit of every layer with its top-9 projections, and the above
                   (`OUT/index.html`, default `WORKDIR/report/`; see `interpret/report.py`)
 Images come from the evaluation split (`--index`; `--count` of class `--label`) or from files (`--image`,
@@ -26,16 +30,21 @@ error prints as one `error:` line (exit status 1); `--verbose` (or `ZFNET_VERBOS
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import sys
+import time
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from zfnet_jax import cli, config_lib, progress
-from zfnet_jax.data import inputs, pipeline, sources, squares
-from zfnet_jax.interpret import (correspondence, evolution, figures, invariance, occlusion, projection, report, site,
-                                 topk)
+from zfnet_jax.data import augment, inputs, pipeline, sources, squares
+from zfnet_jax.interpret import (attribution, correspondence, evolution, figures, invariance, occlusion, projection,
+                                 report, sanity, site, topk)
 from zfnet_jax.model import network, receptive_field
 from zfnet_jax.training import checkpointing, metric_writer
 
@@ -191,11 +200,95 @@ def run_evolution(args, config, run: report.Run, write: figures.Writer) -> None:
   write.figure('evolution.png', figures.evolution_figure(result.steps, result.channels, result.reconstructions))
 
 
+def _black(config, image: np.ndarray) -> np.ndarray:
+  """The network input `[S, S, C]` of a black image under the config's normalisation."""
+  mean, std = augment.channel_stats(image.shape[-1])
+  if config.input.normalization == 'mean_std':
+    return np.broadcast_to(-mean / std, image.shape).astype(np.float32)
+  return np.broadcast_to(-np.asarray(squares.pixel_mean(config)).mean(axis=(0, 1)), image.shape).astype(np.float32)
+
+
+def _method(name: str) -> str | attribution.Rules:
+  """A method name, or a cube point by its name (e.g. `no_mask-no_switches-rectify`)."""
+  named = {r.name: r for r in attribution.all_rules()}
+  if name in attribution.METHODS:
+    return name
+  if name in named:
+    return named[name]
+  raise ValueError(f'unknown --method {name!r}: use all, one of {", ".join(attribution.METHODS)} or a cube point '
+                   f'({", ".join(named)})')
+
+
+def run_attribute(args, config, run: report.Run, write: figures.Writer) -> None:
+  image, label, source = _one_image(args, config)
+  arch = run.model.arch
+  methods = list(attribution.METHODS) if args.method == 'all' else [args.method]
+  images = jnp.asarray(image[None])
+  classes = args.target if args.target is not None else int(sanity.predicted(run.model, run.params, images)[0])
+  baseline = _black(config, image) if args.baseline == 'black' else 0.0
+  maps = {}
+  for name in methods:
+    method = _method(name)
+    if name == 'gradcam' or args.layer is None:
+      layer = f'layer{args.layer}' if name == 'gradcam' and args.layer is not None else 'logits'
+      targets = attribution.Targets(*(jnp.asarray([v], jnp.int32) for v in (classes, 0, 0)))
+    else:
+      y, x = args.position if args.position else (-1, -1)
+      layer, targets = f'layer{args.layer}', attribution.Targets(*(jnp.asarray([v], jnp.int32)
+                                                                  for v in (args.channel, y, x)))
+    maps[name] = np.asarray(attribution.attribute(arch, run.params, images, targets, layer, method, steps=args.steps,
+                                                  baseline=baseline))[0]
+    np.save(write.path(f'{name}.npy'), maps[name])
+    write.figure(f'{name}.png', figures.attribution_figure(image, {name: maps[name]}, config, source))
+  what = (f'class {classes}' if args.layer is None else f'layer {args.layer}, map {args.channel}'
+          + (f' at {tuple(args.position)}' if args.position else ' (whole map)'))
+  if len(methods) > 1:
+    write.figure('attribute_all.png', figures.attribution_figure(image, maps, config, f'{source}: {what}'))
+
+
+def _write_rows(write: figures.Writer, name: str, rows: list[dict]) -> None:
+  with open(write.path(name + '.csv'), 'w', newline='') as f:
+    out = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    out.writeheader()
+    out.writerows(rows)
+  with open(write.path(name + '.json'), 'w') as f:
+    json.dump(rows, f, indent=1)
+
+
+def run_sanity(args, config, run: report.Run, write: figures.Writer) -> None:
+  start = time.perf_counter()
+  methods = tuple(args.methods)
+  if args.random_weights:
+    images = np.stack([inputs.load_input(f, config) for f in args.image_files])
+    rows = (sanity.image_recovery(run.model, run.params, images, methods, args.steps)
+            + sanity.random_class(run.model, run.params, images, methods, args.seed, args.steps))
+    _write_rows(write, 'recovery', rows)
+    print(f'image recovery on {len(images)} images, {len(methods)} methods: {time.perf_counter() - start:.0f} s')
+    return
+  images, _, _ = pipeline.first_images(config, args.split, lambda i, _: True, args.images)
+  rows, cascade = sanity.randomisation(run.model, run.params, images, methods, args.seed, args.steps)
+  rows += sanity.random_class(run.model, run.params, images, methods, args.seed, args.steps)
+  if args.permuted_workdir:
+    permuted = load_run(config, args.permuted_workdir)
+    rows += sanity.data_randomisation(run.model, run.params, permuted.params, images, methods, args.steps)
+  _write_rows(write, 'sanity', rows)
+  layer = args.layer or run.model.arch.convs[-1].layer
+  _write_rows(write, 'selectivity', sanity.selectivity(run.model.arch, run.params, images, layer, seed=args.seed))
+  _write_rows(write, 'bottlenecks', sanity.bottleneck_table(run.model.arch, run.params, images, layer,
+                                                            seed=args.seed))
+  write.figure('sanity_cascade.png', figures.sanity_figure(images[0], {m: {k: v[0] for k, v in c.items()}
+                                                                       for m, c in cascade.items()}, config))
+  write.figure('sanity_curves.png', figures.similarity_curves_figure(
+      [r for r in rows if r['test'] in ('cascading', 'independent')], sanity.METRICS))
+  print(f'sanity checks on {len(images)} images, {len(methods)} methods: {time.perf_counter() - start:.0f} s')
+
+
 def run_report(args, config, run: report.Run) -> None:
   out = args.out or os.path.join(args.workdir, 'report')
   layer_numbers = tuple(int(v) for v in args.layers.split(',')) if args.layers else None
   data = report.build(config, out, run, max_images=args.images, layers=layer_numbers, split=args.split, k=args.k,
-                      occlusion_images=args.examples, invariance_images=args.examples)
+                      occlusion_images=args.examples, invariance_images=args.examples,
+                      sanity_images=args.sanity_images)
   site.write_site(out, data)
   print(os.path.join(out, 'index.html'))
 
@@ -256,6 +349,27 @@ def _parser() -> argparse.ArgumentParser:
   p = sub.add_parser('evolution', parents=[common, dataset], help='Fig. 4: features across checkpoints')
   p.add_argument('--maps', type=int, default=evolution.MAPS, help='feature maps per layer, spread evenly over those '
                  'that fire at the last checkpoint (0: all); the report draws the same')
+  p = sub.add_parser('attribute', parents=[common, one], help='attribution maps of one image, by method')
+  p.add_argument('--method', default='all', help=f'all, {", ".join(attribution.METHODS)}, or a cube point such as '
+                 'no_mask-no_switches-rectify')
+  p.add_argument('--target', type=int, help='class (default: the predicted one); Grad-CAM\'s class')
+  p.add_argument('--layer', type=int, help='a unit\'s layer (with --channel); for gradcam its conv layer (default: '
+                 'the last with a map larger than 1x1)')
+  p.add_argument('--channel', type=int, default=0, help='with --layer: the unit\'s channel')
+  p.add_argument('--position', type=int, nargs=2, metavar=('Y', 'X'), help='with --layer: the unit\'s place '
+                 '(default: the whole map, its own values sent down)')
+  p.add_argument('--steps', type=int, default=32, help='integrated gradients\' steps')
+  p.add_argument('--baseline', choices=('zero', 'black'), default='zero', help='integrated gradients\' baseline')
+  p = sub.add_parser('sanity', parents=[common], help='sanity checks: randomisation, random class, selectivity')
+  p.add_argument('--methods', nargs='+', default=list(sanity.DEFAULT_METHODS), choices=attribution.METHODS)
+  p.add_argument('--images', type=int, default=8, help='the first N images of the split')
+  p.add_argument('--steps', type=int, default=16, help='integrated gradients\' steps')
+  p.add_argument('--layer', type=int, help='conv layer for neuron selectivity and the 2^3 table (default: the last)')
+  p.add_argument('--random_weights', action='store_true', help='Nie et al.\'s image recovery on the config\'s '
+                 'network with freshly initialised weights (--workdir is not read): edge similarity and random class')
+  p.add_argument('--image_files', nargs='+', help='with --random_weights: the image files')
+  p.add_argument('--permuted_workdir', help='a run trained with config.dataset.permute_labels_seed >= 0: adds '
+                 'data randomisation')
   p = sub.add_parser('report', parents=[common], help='a static site: every unit of every layer, and the figures',
                      description='Writes OUT/index.html (--out default for this command: WORKDIR/report/), '
                      'a layer page per conv layer and analyses.html; re-running reuses what is built.')
@@ -263,11 +377,14 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--layers', help='comma-separated conv layers to give pages (default: all)')
   p.add_argument('--k', type=int, default=9, help='activations kept per unit (9 in the paper)')
   p.add_argument('--examples', type=int, default=3, help='images for the occlusion maps and invariance curves')
+  p.add_argument('--sanity_images', type=int, default=0, help='> 0: sanity.html (randomisation and random-class '
+                 'checks on this many images) and each unit\'s selectivity on its layer page')
   return parser
 
 
 COMMAND_FUNCTIONS = {'project': run_project, 'topk': run_topk, 'filters': run_filters, 'occlusion': run_occlusion,
-                     'correspondence': run_correspondence, 'invariance': run_invariance, 'evolution': run_evolution}
+                     'correspondence': run_correspondence, 'invariance': run_invariance, 'evolution': run_evolution,
+                     'attribute': run_attribute, 'sanity': run_sanity}
 
 
 def main(argv: list[str]) -> None:
@@ -280,7 +397,12 @@ def main(argv: list[str]) -> None:
   config = config_lib.from_args(args.config, rest)
   args.split = args.split or config.dataset.eval_split
   sources.hide_accelerators_from_tf()
-  run = load_run(config, args.workdir, args.step)
+  if getattr(args, 'random_weights', False):
+    model = network.create_model(config)
+    params = network.init_params(model, jax.random.key(args.seed))
+    run = report.Run(args.workdir, model, params, 0, [0], lambda _: params, {})
+  else:
+    run = load_run(config, args.workdir, args.step)
   if args.command == 'report':
     return run_report(args, config, run)
   write = figures.Writer(args.out or os.path.join(args.workdir, 'visualize', args.command))

@@ -64,10 +64,16 @@ def open_split(config: ml_collections.ConfigDict, split: str, process_index: int
   from the stored labels, without reading any image. Opened once per process and set of squares (squares
   prepared again in the same process are opened again)."""
   b = squares.prepare(config, process_index)
-  key = (b, split, tuple(config.dataset.classes), config.model.num_classes)  # b: by identity
+  key = (b, split, tuple(config.dataset.classes), config.model.num_classes,
+         _permutation_seed(config, split))  # b: by identity
   if key not in _OPEN:
     _OPEN[key] = _open_split(config, b, split)
   return _OPEN[key]
+
+
+def _permutation_seed(config: ml_collections.ConfigDict, split: str) -> int:
+  """`dataset.permute_labels_seed` for the train split (its labels are permuted, reproducibly), else -1."""
+  return int(config.dataset.permute_labels_seed) if split == config.dataset.train_split else -1
 
 
 def _open_split(config: ml_collections.ConfigDict, b: squares.ZfnetSquares, split: str) -> Records:
@@ -85,6 +91,9 @@ def _open_split(config: ml_collections.ConfigDict, b: squares.ZfnetSquares, spli
     labels = relabel[all_labels[index]]
   else:
     index, labels = np.arange(len(all_labels)), all_labels.astype(np.int32)
+  seed = _permutation_seed(config, split)
+  if seed >= 0:
+    labels = np.random.default_rng(seed).permutation(labels)
   c = b.builder_config
   jpeg = bool(c.quality)
   source = b.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()} if jpeg else None)

@@ -265,3 +265,66 @@ def evolution_figure(steps: list[int], channels: dict[int, np.ndarray], reconstr
   fig.suptitle('Feature evolution (Fig. 4): each map\'s strongest activation over the split, projected, '
                'at every checkpoint', fontsize=9)
   return fig
+
+
+def attribution_figure(image: np.ndarray, maps: dict[str, np.ndarray], config: ml_collections.ConfigDict, title: str,
+                       pixel_mean: np.ndarray | None = None):
+  """The image `[S, S, C]` beside each method's map (`{method: [H, W, C]}`; Grad-CAM at its layer's resolution,
+  stretched over the image), each scaled on its own with grey at zero."""
+  plt = pyplot()
+  fig, axes = plt.subplots(1, len(maps) + 1, figsize=(2.2 * (len(maps) + 1), 2.6), squeeze=False)
+  size = image.shape[0]
+  axes[0, 0].imshow(to_display(image, config, pixel_mean), interpolation='nearest')
+  axes[0, 0].set_title('input', fontsize=8)
+  for ax, (method, m) in zip(axes[0, 1:], maps.items()):
+    ax.imshow(reconstruction_display(m), interpolation='nearest', extent=(0, size, size, 0))
+    ax.set_title(method, fontsize=8)
+  for ax in axes[0]:
+    ax.set_axis_off()
+  fig.suptitle(title, fontsize=9)
+  return fig
+
+
+def sanity_figure(image: np.ndarray, cascade: dict[str, dict[str, np.ndarray]], config: ml_collections.ConfigDict,
+                  pixel_mean: np.ndarray | None = None):
+  """Adebayo et al.'s Fig. 2: rows are methods, columns the original network then the cascade of layers
+  randomised from the logits down; `cascade[method][column]` is one image's map `[S, S, C]`, |map| shown
+  (white: zero)."""
+  plt = pyplot()
+  methods, columns = list(cascade), list(next(iter(cascade.values())))
+  fig, axes = plt.subplots(len(methods), len(columns) + 1, figsize=(1.2 * (len(columns) + 1), 1.25 * len(methods)),
+                           squeeze=False, layout='constrained')
+  for r, method in enumerate(methods):
+    axes[r, 0].imshow(to_display(image, config, pixel_mean), interpolation='nearest')
+    axes[r, 0].set_ylabel(method, fontsize=7, rotation=0, ha='right', va='center')
+    for c, column in enumerate(columns, 1):
+      m = np.abs(np.asarray(cascade[method][column], np.float32)).sum(axis=-1)
+      axes[r, c].imshow(m, cmap='gray_r', vmin=0, vmax=max(float(m.max()), 1e-12), interpolation='nearest')
+      if r == 0:
+        axes[r, c].set_title(column if c == 1 else f'{column}', fontsize=7, rotation=45)
+  for ax in axes.ravel():
+    ax.set_xticks([]), ax.set_yticks([])
+  fig.suptitle('Cascading randomisation from the logits down (columns: every layer up to this one re-initialised)',
+               fontsize=8)
+  return fig
+
+
+def similarity_curves_figure(rows: list[dict], metrics: tuple[str, ...]):
+  """Adebayo et al.'s similarity curves: per test ('cascading', 'independent') and metric, the mean similarity
+  to the original maps (rows of `sanity.randomisation`) against the layers randomised, one curve per method."""
+  plt = pyplot()
+  tests = [t for t in ('cascading', 'independent') if any(r['test'] == t for r in rows)]
+  fig, axes = plt.subplots(len(tests), len(metrics), figsize=(3.4 * len(metrics), 3.0 * len(tests)), squeeze=False,
+                           layout='constrained')
+  for i, test in enumerate(tests):
+    for j, metric in enumerate(metrics):
+      ax = axes[i, j]
+      for method in dict.fromkeys(r['method'] for r in rows):
+        mine = [r for r in rows if r['test'] == test and r['method'] == method]
+        ax.plot(['original'] + [r['layers'] for r in mine], [1.0] + [r[metric] for r in mine], marker='.',
+                label=method)
+      ax.set_title(f'{test}: {metric}', fontsize=8)
+      ax.tick_params(labelsize=6, axis='x', rotation=90)
+      ax.set_ylim(-0.5, 1.05)
+  axes[0, -1].legend(fontsize=6)
+  return fig

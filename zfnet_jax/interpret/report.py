@@ -28,7 +28,7 @@ from PIL import Image
 from zfnet_jax import paths
 from zfnet_jax import progress as progress_lib
 from zfnet_jax.data import pipeline, squares
-from zfnet_jax.interpret import evolution, figures, invariance, occlusion, topk
+from zfnet_jax.interpret import evolution, figures, invariance, occlusion, sanity, topk
 from zfnet_jax.model import network, receptive_field
 
 UNITS_PER_SHEET = 64
@@ -195,6 +195,16 @@ def write_evolution(out: str, model: network.ConvNet, run: Run, layer_numbers: t
   return {'steps': result.steps, 'layers': sheets}
 
 
+SANITY_METHODS = ('deconvnet', 'guided_backprop', 'gradient', 'gradcam')
+
+
+def sanity_part(model: network.ConvNet, params: Any, images: np.ndarray) -> dict[str, Any]:
+  """The sanity page's data: cascading/independent randomisation and random-class rows (`sanity`) for
+  `SANITY_METHODS` over `[B, S, S, C]` images."""
+  rows, _ = sanity.randomisation(model, params, images, SANITY_METHODS)
+  return {'images': len(images), 'rows': rows + sanity.random_class(model, params, images, SANITY_METHODS)}
+
+
 class Manifest:
   """`manifest.json`: each built part with the options it was built with; a part is reused when they match
   and the PNGs its result names (`sheets`, `sprite`) exist."""
@@ -255,12 +265,13 @@ class _Job(NamedTuple):
 
 def build(config: ml_collections.ConfigDict, out: str, run: Run, *, max_images: int = 1000,
           layers: tuple[int, ...] | None = None, split: str | None = None, k: int = 9,
-          occlusion_images: int = 3, invariance_images: int = 3) -> dict[str, Any]:
+          occlusion_images: int = 3, invariance_images: int = 3, sanity_images: int = 0) -> dict[str, Any]:
   """Builds every part the site shows into `out` (reusing parts built before with the same options).
 
   Returns the site's data: `{'config', 'step', 'split', 'workdir', 'architecture', 'curves', 'filters',
   'layers': {n: layer data}, 'occlusion', 'invariance', 'evolution', 'eval'}` (`evolution` None with a
-  single checkpoint, `eval` None without an evaluation up to the step).
+  single checkpoint, `eval` None without an evaluation up to the step). With `sanity_images` > 0 also
+  `'sanity'` (`sanity_part`) and each layer's per-unit `selectivity` (`sanity.selectivity`, NaN as None).
   """
   present = tuple(c.layer for c in run.model.arch.convs)
   layers = tuple(layers or present)
@@ -275,6 +286,17 @@ def build(config: ml_collections.ConfigDict, out: str, run: Run, *, max_images: 
           'architecture': architecture_table(run.model, run.params), 'curves': run.curves,
           'filters': write_filters(out, run.model, run.params), 'layers': _layer_parts(job, layers, k)}
   data.update(_analysis_parts(job, layers, occlusion_images, invariance_images))
+  data['sanity'] = None
+  if sanity_images > 0:
+    sanity_options = {**options, 'images': sanity_images}
+    images = functools.cache(lambda: pipeline.first_images(config, split, lambda i, label: True, sanity_images)[0])
+    data['sanity'] = job.manifest.cached('sanity', sanity_options, lambda: sanity_part(run.model, run.params,
+                                                                                        images()))
+    for n in layers:
+      data['layers'][n] = {**data['layers'][n], 'selectivity': job.manifest.cached(
+          f'selectivity{n}', sanity_options, lambda n=n: [None if np.isnan(r['selectivity']) else r['selectivity']
+                                                          for r in sanity.selectivity(run.model.arch, run.params,
+                                                                                      images(), n)])}
   data['eval'] = ([r for r in run.curves.get('eval', []) if r['step'] <= run.step] or [None])[-1]
   return data
 

@@ -53,7 +53,8 @@ def page(title: str, body: str, nav: str) -> str:
 
 def navigation(layers: Sequence[int]) -> str:
   links = ['<a href="index.html">index</a>'] + [f'<a href="layer{n}.html">layer {n}</a>' for n in layers]
-  return ' '.join(links + ['<a href="analyses.html">occlusion, invariance, evolution</a>'])
+  return ' '.join(links + ['<a href="analyses.html">occlusion, invariance, evolution</a>',
+                           '<a href="sanity.html">sanity checks</a>'])
 
 
 def svg_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], title: str, xlabel: str,
@@ -127,6 +128,8 @@ def layer_page(layer: dict[str, Any], split: str, layers: Sequence[int]) -> str:
   for u in range(layer['units']):
     sheet, row = divmod(u, layer['units_per_sheet'])
     values = ' '.join('-' if v is None else f'{v:.3g}' for v in layer['value'][u])
+    if layer.get('selectivity') and layer['selectivity'][u] is not None:
+      values += f' | selectivity {layer["selectivity"][u]:.2f}'
     where = '; '.join(f'image {i} ({y}, {x})' for i, y, x, v in
                       zip(layer['image'][u], layer['y'][u], layer['x'][u], layer['value'][u]) if v is not None)
     units.append(f'<section class="unit{" dead" if layer["dead"][u] else ""}" id="unit-{u}">'
@@ -176,10 +179,44 @@ def analyses_page(data: dict[str, Any], layers: Sequence[int]) -> str:
   return page('analyses', '\n'.join(parts), navigation(layers))
 
 
+def sanity_page(data: dict[str, Any], layers: Sequence[int]) -> str:
+  """The sanity checks (`report.sanity_part`): per method, similarity to the original maps as layers are
+  randomised, and between the predicted and a random class."""
+  part = data.get('sanity')
+  if not part:
+    return page('sanity checks', '<h1>Sanity checks</h1><p>Not built: run the report with <code>--sanity_images 8'
+                '</code> (or <code>python -m zfnet_jax.visualize sanity</code> for every method).</p>',
+                navigation(layers))
+  rows = part['rows']
+  charts = []
+  for test in ('cascading', 'independent'):
+    for metric in ('spearman_signed', 'spearman_abs', 'ssim', 'hog_spearman'):
+      series = []
+      for method in dict.fromkeys(r['method'] for r in rows):
+        mine = [r for r in rows if r['test'] == test and r['method'] == method]
+        series.append((method, list(range(len(mine) + 1)), [1.0] + [r[metric] for r in mine]))
+      charts.append(svg_chart(series, f'{test}: {metric}', 'layers randomised, from the logits down', width=300,
+                              height=200))
+  order = ', '.join(r['layers'] for r in rows if r['test'] == 'cascading' and r['method'] == rows[0]['method'])
+  table = ''.join(f'<tr><td>{html.escape(r["method"])}</td><td>{r["spearman_signed"]:.2f}</td>'
+                  f'<td>{r["spearman_abs"]:.2f}</td><td>{r["ssim"]:.2f}</td><td>{r["hog_spearman"]:.2f}</td></tr>'
+                  for r in rows if r['test'] == 'random_class')
+  body = f"""<h1>Sanity checks (Adebayo et al. 2018; Nie et al. 2018)</h1>
+<p>Maps of the predicted class for {part['images']} {html.escape(data['split'])} images; each point the mean
+similarity to the original maps after re-initialising (with the config's initialisers) the layers up to step x
+(cascading: {html.escape(order)}) or that layer alone (independent). A method that passes changes its maps: its
+curves fall. Each unit's selectivity (Mahendran &amp; Vedaldi) is on its layer page.</p>
+<div class="charts">{''.join(charts)}</div>
+<h2>Random class (Nie et al.)</h2><table><tr><th>method</th><th>Spearman signed</th><th>Spearman |map|</th>
+<th>SSIM</th><th>HOG Spearman</th></tr>{table}</table>"""
+  return page('sanity checks', body, navigation(layers))
+
+
 def write_site(out: str, data: dict[str, Any]) -> list[str]:
   """Writes every page and the CSS into `out`; returns the pages' paths."""
   layers = sorted(data['layers'])
   pages = {'index.html': index_page(data), 'analyses.html': analyses_page(data, layers),
+           'sanity.html': sanity_page(data, layers),
            **{f'layer{n}.html': layer_page(data['layers'][n], data['split'], layers) for n in layers}}
   with open(os.path.join(out, 'report.css'), 'w') as f:
     f.write(CSS)
