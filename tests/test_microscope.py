@@ -1,0 +1,109 @@
+"""The report at ImageNet scale (issue 19): the top-k job sharded over devices and processes equals one device's,
+per-unit class statistics equal a direct computation, and the report's options."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import PATIENT_COLLECTIVES, REPO, config_path, small_net
+from zfnet_jax import parallel, visualize
+from zfnet_jax.interpret import classes, topk
+
+CLASSES = 10
+
+
+def _stream(images, labels, mask, batch):
+  """Batches as `pipeline.split_batches` yields them: `image`, `label`, `mask`, `index`."""
+  return [{'image': images[i:i + batch], 'label': labels[i:i + batch], 'mask': mask[i:i + batch],
+           'index': np.arange(i, i + batch, dtype=np.int32)} for i in range(0, len(images), batch)]
+
+
+def test_sharded_top_k_and_class_statistics_equal_one_device_and_a_direct_computation():
+  model, params = small_net('floor')
+  size = model.arch.image_size
+  rng = np.random.default_rng(3)
+  images = rng.normal(size=(40, size, size, 1)).astype(np.float32)
+  labels = rng.integers(0, CLASSES, 40).astype(np.int32)
+  mask = np.ones(40, np.int32)
+  mask[-5:] = 0  # padding: never counts
+  layers = (2, 5)
+  one = topk.stream_units(model, params, _stream(images, labels, mask, 8), layers, k=6,
+                          mesh=parallel.make_mesh(jax.local_devices()[:1]), num_classes=CLASSES)
+  four = topk.stream_units(model, params, _stream(images, labels, mask, 8), layers, k=6,
+                           mesh=parallel.make_mesh(jax.local_devices()[:4]), num_classes=CLASSES)
+  outputs = jax.jit(lambda x: model.apply({'params': params}, x, mutable=['intermediates']))(images)[1]
+  for n in layers:
+    for a, b in zip(one.tops[n], four.tops[n]):  # values, image indices, positions
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(one.classes[n].sum), np.asarray(four.classes[n].sum), rtol=1e-6)
+    acts = np.asarray(outputs['intermediates'][f'layer{n}'][0])  # [N, H, W, C]
+    best = acts.reshape(len(acts), -1, acts.shape[-1]).max(axis=1)  # each image's strongest position per unit
+    keep = mask > 0
+    direct = np.stack([best[keep & (labels == c)].mean(axis=0) if np.any(keep & (labels == c))
+                       else np.full(best.shape[1], np.nan) for c in range(CLASSES)], axis=1)  # [C, N]
+    means = classes.class_means(four.classes[n])
+    np.testing.assert_allclose(means, direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(four.classes[n].count), np.bincount(labels[keep], minlength=CLASSES))
+    for u, unit in enumerate(classes.top_classes(means, labels[np.asarray(four.tops[n].image)])):
+      order = np.argsort(-direct[u], kind='stable')
+      assert [c for c, _ in unit['by_mean']] == [int(c) for c in order[:5]]
+      top_images = np.argsort(-np.where(keep, best[:, u], -np.inf), kind='stable')[:6]
+      counts = np.bincount(labels[top_images], minlength=CLASSES)
+      frequent = sorted(np.flatnonzero(counts), key=lambda c: (-counts[c], c))[:5]
+      assert unit['in_top'] == [[int(c), int(counts[c])] for c in frequent]
+      rest = np.delete(direct[u], np.argmax(direct[u])).mean()
+      total = direct[u].max() + rest
+      expected = (direct[u].max() - rest) / total if total > 0 else 0.0  # a silent unit: 0
+      np.testing.assert_allclose(classes.selectivity(means)[u], expected, rtol=1e-5)
+  np.testing.assert_array_equal(four.labels[:35], labels[:35])
+
+
+def test_report_images_default_to_the_whole_split():
+  parse = lambda *a: visualize._parser().parse_args(['report', '--config', 'c', '--workdir', 'w', *a])  # noqa: E731
+  assert parse().images is None
+  assert parse('--images', 'all').images is None
+  assert parse('--images', '300').images == 300
+  with pytest.raises(SystemExit):
+    parse('--images', '0')
+
+
+def _report(tfds_dir, workdir, out, processes):
+  """`visualize report` of the digits run over its first 128 test images as `processes` gloo processes, 4 devices
+  in all."""
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={4 // processes} ' + PATIENT_COLLECTIVES,
+         'TF_CPP_MIN_LOG_LEVEL': '2', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
+  args = [sys.executable, '-m', 'zfnet_jax.visualize', 'report', '--config', config_path('digits'), '--workdir',
+          workdir, '--out', out, '--images', '128', '--layers', '1,5', '--examples', '1',
+          f'--config.dataset.data_dir={tfds_dir}', '--config.eval_batch_size=32']
+  if processes > 1:
+    with socket.socket() as s:
+      s.bind(('localhost', 0))
+      port = s.getsockname()[1]
+    args += [f'--coordinator_address=localhost:{port}', f'--num_processes={processes}']
+  procs = [subprocess.Popen(args + ([f'--process_id={i}'] if processes > 1 else []), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+  for p in procs:
+    output = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, output[-3000:]
+
+
+def test_two_gloo_processes_give_the_layer_data_of_one(trained_digits, tfds_dir, tmp_path):
+  config, workdir = trained_digits
+  outs = {n: str(tmp_path / f'report_{n}') for n in (1, 2)}
+  for processes, out in outs.items():
+    _report(tfds_dir, workdir, out, processes)
+  for n in (1, 5):
+    one, two = (json.load(open(os.path.join(outs[p], f'layer{n}.json'))) for p in (1, 2))
+    assert one['images'] == two['images'] == 128
+    for field in ('value', 'image', 'y', 'x', 'dead', 'classes', 'class_selectivity', 'sheets'):
+      assert one[field] == two[field], field
+    for sheet in one['sheets']:  # every tile drawn by the process that holds its image
+      from PIL import Image
+      a, b = (np.asarray(Image.open(os.path.join(outs[p], sheet))) for p in (1, 2))
+      assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+  assert os.path.exists(os.path.join(outs[2], 'index.html'))
