@@ -9,10 +9,14 @@ import sys
 import jax
 import numpy as np
 import pytest
+import safetensors.torch
+import torch
 
 from conftest import PATIENT_COLLECTIVES, REPO, config_path, small_net
-from zfnet_jax import parallel, visualize
+from zfnet_jax import config_lib, parallel, visualize
 from zfnet_jax.interpret import classes, topk
+from zfnet_jax.model import foreign
+from zfnet_jax.training import checkpointing, weights
 
 CLASSES = 10
 
@@ -107,3 +111,93 @@ def test_two_gloo_processes_give_the_layer_data_of_one(trained_digits, tfds_dir,
       a, b = (np.asarray(Image.open(os.path.join(outs[p], sheet))) for p in (1, 2))
       assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
   assert os.path.exists(os.path.join(outs[2], 'index.html'))
+
+
+class TorchvisionAlexNet(torch.nn.Module):
+  """torchvision's AlexNet exactly as `torchvision.models.alexnet` defines it (torchvision/models/alexnet.py:
+  `features`, `avgpool`, `classifier` with the same module indices, so the same state-dict keys), written out
+  here because torchvision cannot be installed beside this environment's torch (PyPI's torchvision wheels pin
+  other torch versions). Checked against `torchvision.models.alexnet()` itself by hand: docs/PERFORMANCE.md."""
+
+  def __init__(self, num_classes: int = 1000, widths=(64, 192, 384, 256, 256), hidden: int = 4096):
+    super().__init__()
+    nn = torch.nn
+    a, b, c, d, e = widths
+    self.features = nn.Sequential(
+        nn.Conv2d(3, a, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(a, b, kernel_size=5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(b, c, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(c, d, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(d, e, kernel_size=3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(kernel_size=3, stride=2))
+    self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+    self.classifier = nn.Sequential(
+        nn.Dropout(p=0.5), nn.Linear(e * 6 * 6, hidden), nn.ReLU(inplace=True),
+        nn.Dropout(p=0.5), nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+
+  def forward(self, x):
+    return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def _torchvision_logits_and_ours(net, config, path, workdir):
+  torch.save(net.state_dict(), path)
+  weights.import_weights(path, config, workdir)
+  model, params, _ = checkpointing.load_params(config, workdir)
+  x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    expected = net.eval()(x).numpy()
+  return expected, np.asarray(model.apply({'params': params}, x.permute(0, 2, 3, 1).numpy()))
+
+
+def test_torchvision_alexnet_imports_with_its_logits(tmp_path):
+  torch.manual_seed(0)
+  net = TorchvisionAlexNet()  # torchvision's own random initialisation
+  config = config_lib.load(config_path('alexnet_torchvision'))
+  expected, got = _torchvision_logits_and_ours(net, config, str(tmp_path / 'alexnet.pth'), str(tmp_path / 'run'))
+  assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-5
+
+
+def test_torchvision_layout_round_trips_and_refuses_what_it_cannot_express(tmp_path):
+  torch.manual_seed(1)
+  narrow = {'model.conv_features': (8, 16, 24, 24, 16), 'model.fc_features': (32, 32), 'model.num_classes': 10}
+  net = TorchvisionAlexNet(10, (8, 16, 24, 24, 16), 32)
+  config = config_lib.load(config_path('alexnet_torchvision'), narrow)
+  expected, got = _torchvision_logits_and_ours(net, config, str(tmp_path / 'narrow.pth'), str(tmp_path / 'run'))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+  out = str(tmp_path / 'back.safetensors')
+  weights.export_weights(config, str(tmp_path / 'run'), out, layout='torchvision')
+  back = safetensors.torch.load_file(out)
+  original = net.state_dict()
+  assert sorted(back) == sorted(original)
+  for key in original:
+    np.testing.assert_array_equal(back[key].numpy(), original[key].numpy())
+  weights.import_weights(out, config, str(tmp_path / 'again'))  # the exported file imports as it was
+  jax.tree_util.tree_map(np.testing.assert_array_equal, checkpointing.load_params(config, str(tmp_path / 'run'))[1],
+                         checkpointing.load_params(config, str(tmp_path / 'again'))[1])
+  # strict: a missing key, and a network whose last map is not 6x6, fail clearly
+  torch.save({k: v for k, v in original.items() if k != 'features.8.bias'}, str(tmp_path / 'missing.pth'))
+  with pytest.raises(foreign.StateDictMismatchError, match='missing key features.8.bias'):
+    weights.import_weights(str(tmp_path / 'missing.pth'), config, str(tmp_path / 'x'))
+  with pytest.raises(foreign.NotExpressibleError, match='last map is 7x7'):
+    weights.import_weights(str(tmp_path / 'narrow.pth'), config_lib.load(config_path('alexnet_torchvision'), {
+        **narrow, 'model.image_size': 256}), str(tmp_path / 'y'))
+  assert not os.path.exists(tmp_path / 'x') or not os.listdir(tmp_path / 'x')
+
+
+class _Payload:
+  """Runs code when unpickled (what a malicious .pth does)."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return os.mkdir, (self.marker,)
+
+
+def test_a_pickle_payload_in_a_weights_file_runs_nothing(tmp_path):
+  marker = str(tmp_path / 'payload_ran')
+  path = str(tmp_path / 'alexnet.pth')
+  torch.save({'features.0.weight': _Payload(marker)}, path)
+  with pytest.raises(ValueError, match='was refused: it holds more than tensors'):
+    weights.import_weights(path, config_lib.load(config_path('alexnet_torchvision')), str(tmp_path / 'run'))
+  assert not os.path.exists(marker)
