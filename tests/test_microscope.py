@@ -14,7 +14,7 @@ import torch
 
 from conftest import PATIENT_COLLECTIVES, REPO, config_path, small_net
 from zfnet_jax import config_lib, parallel, visualize
-from zfnet_jax.interpret import classes, topk
+from zfnet_jax.interpret import classes, figures, report, topk
 from zfnet_jax.model import foreign
 from zfnet_jax.training import checkpointing, weights
 
@@ -201,3 +201,20 @@ def test_a_pickle_payload_in_a_weights_file_runs_nothing(tmp_path):
   with pytest.raises(ValueError, match='was refused: it holds more than tensors'):
     weights.import_weights(path, config_lib.load(config_path('alexnet_torchvision')), str(tmp_path / 'run'))
   assert not os.path.exists(marker)
+
+
+@pytest.mark.parametrize('window,channels,normalization', [(171, 3, 'mean_std'), (11, 1, 'mean'), (48, 3, 'mean')])
+def test_tiles_drawn_on_the_device_match_the_figures_display(window, channels, normalization):
+  """`report._jitted_tiles` (display arithmetic and area shrinking in one step) draws what `figures` and
+  `report.resize` draw, within rounding."""
+  config = config_lib.load(config_path('default'), {'input.normalization': normalization})
+  rng = np.random.default_rng(0)
+  recon = rng.normal(size=(5, window, window, channels)).astype(np.float32)
+  patch = (rng.normal(size=(5, window, window, channels)) * 60).astype(np.float32)
+  side = report.tile_size(window)
+  offset, scale = report.display_affine(config, channels)
+  got_recon, got_patch = report._jitted_tiles(window, side, offset, scale)(recon, patch)
+  want_recon = report.resize(figures.reconstruction_display(recon), side)
+  want_patch = report.resize(figures.to_display(patch, config), side)
+  assert np.abs(np.asarray(got_recon, int) - want_recon).max() <= 2
+  assert np.abs(np.asarray(got_patch, int) - want_patch).max() <= 2

@@ -36,7 +36,7 @@ def _batches(config: ml_collections.ConfigDict, images: int) -> Iterator[dict[st
 
 def _empty_caches() -> None:
   jax.clear_caches()
-  for cached in (topk._jitted_update, topk._jitted_record, topk._jitted_project):
+  for cached in (topk._jitted_update, topk._jitted_record, topk._jitted_project, report._jitted_tiles):
     cached.cache_clear()
 
 
