@@ -3,12 +3,15 @@
 `build` takes a `Run` (the checkpoint's model and params, the run's checkpoint steps with a `params_at`
 callable, its metrics: `visualize report` loads them, interpret/ reads no checkpoints) and writes, into
 the output folder, what `site.write_site` turns into pages: per layer `layerN.json` (values, images,
-positions of each unit's top k) and sprite sheets `layerN_S.png` (each unit's k projections beside its k
-image patches, one unit per row, 64 units per sheet), the layer-1 filters, occlusion maps, invariance
-curves and, when the run kept several checkpoints, feature evolution. One `stream_topk` pass over the
-images covers every layer; one `project_topk` pass projects every unit's top k, `chunk` seeds at a time.
-The analyses are the library's drivers (`occlusion.sensitivity`, `invariance.all_transforms`,
-`evolution.evolution`), the same that `visualize` draws.
+positions of each unit's top k, its top classes and class selectivity) and sprite sheets `layerN_S.png`
+(each unit's k projections beside its k image patches, one unit per row, 64 units per sheet), the layer-1
+filters, occlusion maps, invariance curves and, when the run kept several checkpoints, feature evolution.
+The layers come from `draw_layers`: one `topk.stream_units` pass over the images (every device of every
+process) covers every layer, with each unit's top 100 and per-class sums (`classes`: what each unit
+responds to); one `topk.projected_chunks` pass projects every unit's top k, `chunk` seeds at a time, each
+chunk drawn into its display tiles at once, so memory is the tiles, not the projections. The analyses are
+the library's drivers (`occlusion.sensitivity`, `invariance.all_transforms`, `evolution.evolution`), the
+same that `visualize` draws.
 
 Re-running reuses what is built: `manifest.json` holds the options each part was built with (the
 checkpoint step, the images, k, the config) and a part whose options match and whose PNGs exist is not
