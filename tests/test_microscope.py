@@ -14,7 +14,7 @@ import torch
 
 from conftest import PATIENT_COLLECTIVES, REPO, config_path, small_net
 from zfnet_jax import config_lib, parallel, visualize
-from zfnet_jax.interpret import classes, figures, report, topk
+from zfnet_jax.interpret import classes, figures, report, site, topk
 from zfnet_jax.model import foreign
 from zfnet_jax.training import checkpointing, weights
 
@@ -218,3 +218,14 @@ def test_tiles_drawn_on_the_device_match_the_figures_display(window, channels, n
   want_patch = report.resize(figures.to_display(patch, config), side)
   assert np.abs(np.asarray(got_recon, int) - want_recon).max() <= 2
   assert np.abs(np.asarray(got_patch, int) - want_patch).max() <= 2
+
+
+def test_unit_cards_name_their_top_classes_and_sort_by_class_selectivity():
+  layer = {'layer': 2, 'k': 1, 'tile': 8, 'cell_width': 30, 'units': 2, 'units_per_sheet': 64, 'sheets': ['s.png'],
+           'window': 8, 'images': 4, 'value': [[1.0], [2.0]], 'image': [[0], [1]], 'y': [[0], [0]], 'x': [[0], [0]],
+           'dead': [False, False], 'class_selectivity': [0.25, 0.75],
+           'classes': [{'by_mean': [[3, 'cat <3>', 1.0]], 'in_top': [[3, 'cat <3>', 1]]},
+                       {'by_mean': [[1, 'dog', 2.0]], 'in_top': [[1, 'dog', 1]]}]}
+  page = site.layer_page(layer, 'test', [2])
+  assert 'top classes: cat &lt;3&gt;; in its top images: cat &lt;3&gt; (1); class selectivity 0.25' in page
+  assert 'data-class-selectivity="0.75"' in page and '<option value="classSelectivity">' in page

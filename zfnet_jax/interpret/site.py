@@ -148,14 +148,14 @@ def layer_page(layer: dict[str, Any], split: str, layers: Sequence[int]) -> str:
     values = ' '.join('-' if v is None else f'{v:.3g}' for v in layer['value'][u])
     where = '; '.join(f'image {i} ({y}, {x})' for i, y, x, v in
                       zip(layer['image'][u], layer['y'][u], layer['x'][u], layer['value'][u]) if v is not None)
-    sort_keys = f' data-unit="{u}"' + (f' data-selectivity="{layer["class_selectivity"][u]}"'
+    sort_keys = f' data-unit="{u}"' + (f' data-class-selectivity="{layer["class_selectivity"][u]}"'
                                        if 'class_selectivity' in layer else '')
     units.append(f'<section class="unit{" dead" if layer["dead"][u] else ""}" id="unit-{u}"{sort_keys}>'
                  f'<h3><a href="#unit-{u}">unit {u}</a></h3><div class="cell" title="{where}" style="width:{width}px;'
                  f'height:{height}px;background-image:url({layer["sheets"][sheet]});background-position:0 '
                  f'-{row * height}px"></div>{unit_classes(layer, u)}<p class="values">{values}</p></section>')
   dead = sum(layer['dead'])
-  sort = ('<label>sort by <select id="sort"><option value="unit">unit</option><option value="selectivity">'
+  sort = ('<label>sort by <select id="sort"><option value="unit">unit</option><option value="classSelectivity">'
           'class selectivity</option></select></label>' if 'class_selectivity' in layer else '')
   body = f"""<h1>Layer {n}: {layer['units']} units</h1>
 <p>Each unit (feature map) with its top {k} activations over {layer['images']} {html.escape(split)} images, strongest
