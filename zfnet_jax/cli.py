@@ -12,6 +12,7 @@ traceback. Commands that parse their own arguments (`visualize`) wrap their `mai
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -87,15 +88,29 @@ def define_multihost_flags() -> None:
   flags.DEFINE_integer('process_id', None, 'Multi-host by hand: this process\'s index.')
 
 
-def start_multihost() -> None:
+def start_multihost(coordinator_address: str | None = None, num_processes: int | None = None,
+                    process_id: int | None = None, distributed: bool | None = None) -> None:
   """Joins the other processes named by the multi-host flags (gloo collectives for CPU processes standing in
-  for hosts); nothing without them."""
-  f = flags.FLAGS
-  if f.coordinator_address:
+  for hosts); nothing without them. Without arguments, reads the absl flags (`define_multihost_flags`); a
+  command with its own parser (`visualize`) passes the values of `add_multihost_arguments`'s options."""
+  if coordinator_address is None and distributed is None:
+    f = flags.FLAGS
+    coordinator_address, num_processes, process_id, distributed = (
+        f.coordinator_address, f.num_processes, f.process_id, f.distributed)
+  if coordinator_address:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
-  elif f.distributed:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif distributed:
     jax.distributed.initialize()
+
+
+def add_multihost_arguments(parser: argparse.ArgumentParser) -> None:
+  """`define_multihost_flags` for an argparse parser; pass the values to `start_multihost`."""
+  parser.add_argument('--distributed', action='store_true', help='Multi-host: call jax.distributed.initialize() '
+                      '(auto-detected on TPU VMs and SLURM).')
+  parser.add_argument('--coordinator_address', help='Multi-host by hand: host:port of process 0.')
+  parser.add_argument('--num_processes', type=int, help='Multi-host by hand: number of processes.')
+  parser.add_argument('--process_id', type=int, help='Multi-host by hand: this process\'s index.')
 
 
 @contextlib.contextmanager

@@ -1,13 +1,16 @@
-"""Weights in and out of this codebase, in pytorchcv's (imgclsmob's) ZFNet/AlexNet state-dict layout.
+"""Weights in and out of this codebase, in pytorchcv's (imgclsmob's) ZFNet/AlexNet or torchvision's AlexNet
+state-dict layout.
 
   python -m zfnet_jax.convert import --from zfnet.pth --config configs/zfnet_paper.py --workdir runs/zfnet_pytorchcv
+  python -m zfnet_jax.convert import --from alexnet.pth --config configs/alexnet_torchvision.py --workdir runs/tv
   python -m zfnet_jax.convert export --config configs/digits.py --workdir runs/digits --out digits.safetensors
 
 `import` reads `.pth`/`.pt` (needs PyTorch) or `.safetensors` and writes step 0 of a checkpoint in a fresh
 workdir, which train fine-tunes from and evaluate, predict and visualize read; the config must describe
-the source network exactly (`configs/zfnet_paper.py` is pytorchcv's `zfnet`). `export` writes the latest
-checkpoint as `.safetensors` with the config and architecture as metadata. The library:
-`training.weights` (files and checkpoints), `model.pytorchcv` (the layout).
+the source network exactly (`configs/zfnet_paper.py` is pytorchcv's `zfnet`, `configs/alexnet_torchvision.py`
+torchvision's `alexnet`); the layout is read from the file's key names. `export` writes the latest checkpoint
+as `.safetensors` in `--layout` (default pytorchcv) with the config and architecture as metadata. The library:
+`training.weights` (files and checkpoints), `model.pytorchcv` and `model.torchvision_alexnet` (the layouts).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from zfnet_jax import cli, config_lib
 from zfnet_jax.training import weights
 
 USAGE = ('usage:\n  python -m zfnet_jax.convert import --from FILE.pth|.pt|.safetensors --config CFG --workdir DIR\n'
-         '  python -m zfnet_jax.convert export --config CFG --workdir DIR --out FILE.safetensors')
+         '  python -m zfnet_jax.convert export [--layout pytorchcv|torchvision] --config CFG --workdir DIR '
+         '--out FILE.safetensors')
 
 
 def main(argv: list[str]) -> None:
@@ -33,7 +37,7 @@ def main(argv: list[str]) -> None:
   else:
     if not FLAGS.out:
       raise app.UsageError(f'export needs --out FILE.safetensors\n{USAGE}')
-    step = weights.export_weights(FLAGS.config, FLAGS.workdir, FLAGS.out)
+    step = weights.export_weights(FLAGS.config, FLAGS.workdir, FLAGS.out, FLAGS.layout)
     print(f'Exported step {step} of {FLAGS.workdir} to {FLAGS.out}')
 
 
@@ -44,6 +48,8 @@ def define_flags() -> None:
                       'workdir whose latest checkpoint is exported.', required=True)
   flags.DEFINE_string('from', None, 'import: the .pth/.pt or .safetensors file to read.')
   flags.DEFINE_string('out', None, 'export: the .safetensors file to write.')
+  flags.DEFINE_enum('layout', 'pytorchcv', ['pytorchcv', 'torchvision'], 'export: the state-dict naming to write '
+                    '(torchvision: torchvision.models.alexnet\'s features/classifier); import reads it from the file.')
 
 
 if __name__ == '__main__':

@@ -289,11 +289,20 @@ def run_report(args, config, run: report.Run) -> None:
   data = report.build(config, out, run, max_images=args.images, layers=layer_numbers, split=args.split, k=args.k,
                       occlusion_images=args.examples, invariance_images=args.examples,
                       sanity_images=args.sanity_images)
-  site.write_site(out, data)
-  print(os.path.join(out, 'index.html'))
+  if data is not None:  # process 0
+    site.write_site(out, data)
+    print(os.path.join(out, 'index.html'))
 
 
 # ------------------------------------------------------------------------------------------------- main
+
+def _count_or_all(value: str) -> int | None:
+  if value == 'all':
+    return None
+  if not value.isdigit() or int(value) < 1:
+    raise argparse.ArgumentTypeError(f'expected a positive number of images or "all", got {value!r}')
+  return int(value)
+
 
 def _parents() -> tuple[argparse.ArgumentParser, ...]:
   """The option groups commands share: `(common, one image, many images, dataset)`."""
@@ -373,7 +382,9 @@ def _parser() -> argparse.ArgumentParser:
   p = sub.add_parser('report', parents=[common], help='a static site: every unit of every layer, and the figures',
                      description='Writes OUT/index.html (--out default for this command: WORKDIR/report/), '
                      'a layer page per conv layer and analyses.html; re-running reuses what is built.')
-  p.add_argument('--images', type=int, default=1000, help='the first N images of the split for the top-k')
+  p.add_argument('--images', type=_count_or_all, default=None, metavar='N|all', help='the first N images of the '
+                 'split for the top-k and class statistics (default: all, the whole split, with progress and ETA)')
+  cli.add_multihost_arguments(p)
   p.add_argument('--layers', help='comma-separated conv layers to give pages (default: all)')
   p.add_argument('--k', type=int, default=9, help='activations kept per unit (9 in the paper)')
   p.add_argument('--examples', type=int, default=3, help='images for the occlusion maps and invariance curves')
@@ -397,6 +408,8 @@ def main(argv: list[str]) -> None:
   config = config_lib.from_args(args.config, rest)
   args.split = args.split or config.dataset.eval_split
   sources.hide_accelerators_from_tf()
+  if args.command == 'report':
+    cli.start_multihost(args.coordinator_address, args.num_processes, args.process_id, args.distributed)
   if getattr(args, 'random_weights', False):
     model = network.create_model(config)
     params = network.init_params(model, jax.random.key(args.seed))

@@ -177,18 +177,21 @@ def eval_batches(config: ml_collections.ConfigDict, split_name: str | None = Non
   return iter(ds), num_steps, n
 
 
-def split_batches(config: ml_collections.ConfigDict, split: str | None = None,
-                  max_images: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """The split's evaluation batches on one host, in a fixed order (`eval_batches`), with `mask` 0 from
-  image `max_images` on and no batch after the one that holds it."""
-  stream, _, _ = eval_batches(config, split)
-  seen = 0
-  for batch in stream:
-    if max_images is not None:
-      if seen >= max_images:
-        return
-      batch['mask'] = np.where(seen + np.arange(len(batch['mask'])) < max_images, batch['mask'], 0)
-    seen += len(batch['mask'])
+def split_batches(config: ml_collections.ConfigDict, split: str | None = None, max_images: int | None = None,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """This host's evaluation batches of the split (`eval_batches`, in a fixed order), with `index` int32 `[b]`:
+  each row's index in the split, the same on every host (padding rows: past the split's end). `mask` is 0
+  from image `max_images` on, and no batch comes after the step that holds it, so over all hosts the
+  `mask == 1` rows are exactly images `0 .. max_images - 1` (or the whole split)."""
+  stream, num_steps, n = eval_batches(config, split, process_index, process_count)
+  host_batch = config.eval_batch_size // process_count
+  limit = n if max_images is None else min(n, max_images)
+  for step, batch in enumerate(stream):
+    start = (step * process_count + process_index) * host_batch
+    if step * process_count * host_batch >= limit:
+      return
+    batch['index'] = np.arange(start, start + host_batch, dtype=np.int32)
+    batch['mask'] = np.where(batch['index'] < limit, batch['mask'], 0)
     yield batch
 
 

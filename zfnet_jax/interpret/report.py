@@ -3,12 +3,15 @@
 `build` takes a `Run` (the checkpoint's model and params, the run's checkpoint steps with a `params_at`
 callable, its metrics: `visualize report` loads them, interpret/ reads no checkpoints) and writes, into
 the output folder, what `site.write_site` turns into pages: per layer `layerN.json` (values, images,
-positions of each unit's top k) and sprite sheets `layerN_S.png` (each unit's k projections beside its k
-image patches, one unit per row, 64 units per sheet), the layer-1 filters, occlusion maps, invariance
-curves and, when the run kept several checkpoints, feature evolution. One `stream_topk` pass over the
-images covers every layer; one `project_topk` pass projects every unit's top k, `chunk` seeds at a time.
-The analyses are the library's drivers (`occlusion.sensitivity`, `invariance.all_transforms`,
-`evolution.evolution`), the same that `visualize` draws.
+positions of each unit's top k, its top classes and class selectivity) and sprite sheets `layerN_S.png`
+(each unit's k projections beside its k image patches, one unit per row, 64 units per sheet), the layer-1
+filters, occlusion maps, invariance curves and, when the run kept several checkpoints, feature evolution.
+The layers come from `draw_layers`: one `topk.stream_units` pass over the images (every device of every
+process) covers every layer, with each unit's top 100 and per-class sums (`classes`: what each unit
+responds to); one `topk.projected_chunks` pass projects every unit's top k, `chunk` seeds at a time, each
+chunk drawn into its display tiles at once, so memory is the tiles, not the projections. The analyses are
+the library's drivers (`occlusion.sensitivity`, `invariance.all_transforms`, `evolution.evolution`), the
+same that `visualize` draws.
 
 Re-running reuses what is built: `manifest.json` holds the options each part was built with (the
 checkpoint step, the images, k, the config) and a part whose options match and whose PNGs exist is not
@@ -21,19 +24,24 @@ import json
 import os
 from typing import Any, Callable, NamedTuple, Sequence
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from PIL import Image
 
 from zfnet_jax import paths
 from zfnet_jax import progress as progress_lib
-from zfnet_jax.data import pipeline, squares
-from zfnet_jax.interpret import evolution, figures, invariance, occlusion, sanity, topk
+from zfnet_jax.data import augment, pipeline, sources, squares
+from zfnet_jax.interpret import classes, evolution, figures, invariance, occlusion, sanity, topk
 from zfnet_jax.model import network, receptive_field
 
 UNITS_PER_SHEET = 64
 MAX_TILE = 48  # px: larger windows (high layers) are shrunk to this, keeping a 384-unit page light
 MIN_TILE = 24  # px: smaller windows (layer 1) are enlarged to at least this, pixel for pixel
+PNG_LEVEL = 1  # zlib level of the PNGs: 3x faster to write than PIL's 6 and about as small on these sheets
+CLASS_TOP = 100  # the strongest images whose classes each unit card counts
 ROTATION_STEP = 15.0  # degrees between the invariance curves' rotations: coarser than Fig. 5, small inline charts
 
 
@@ -78,30 +86,133 @@ def unit_cell(projections: np.ndarray, patches: np.ndarray, side: int, gap: int)
   return row
 
 
-def write_layer(out: str, layer: int, result: topk.TopKProjections, config: ml_collections.ConfigDict,
-                images: int, pixel_mean: np.ndarray | None = None) -> dict[str, Any]:
-  """Sprite sheets and `layerN.json` for one layer's `TopKProjections` of all its units (`pixel_mean`: the
-  mean image under `pixel_mean` normalisation, for `figures.to_display`)."""
-  m, k = result.top.value.shape
-  side, gap = tile_size(result.patch.shape[2]), 8
-  filled = np.isfinite(result.top.value)
-  recon = figures.reconstruction_display(result.reconstruction.reshape(m * k, *result.reconstruction.shape[2:]))
-  patch = figures.to_display(result.patch.reshape(m * k, *result.patch.shape[2:]), config, pixel_mean)
-  recon, patch = resize(recon, side).reshape(m, k, side, side, 3), resize(patch, side).reshape(m, k, side, side, 3)
-  recon[~filled], patch[~filled] = 255, 255
-  rows = np.stack([unit_cell(recon[i], patch[i], side, gap) for i in range(m)])
+class LayerTiles(NamedTuple):
+  """One layer's units as the sheets draw them: each unit's top k and its k projection and patch tiles."""
+  top: topk.TopK  # NumPy fields [M, k]
+  reconstruction: np.ndarray  # uint8 [M, k, side, side, 3], white in empty slots
+  patch: np.ndarray  # uint8 [M, k, side, side, 3]
+  window: int  # px: the image window each tile shows
+
+
+def draw_layers(model: network.ConvNet, params: Any, batches: Callable[[], Any], layers: tuple[int, ...], k: int,
+                config: ml_collections.ConfigDict, pixel_mean: np.ndarray | None = None,
+                num_classes: int | None = None,
+                mesh: Any = None) -> tuple[dict[int, LayerTiles], dict[int, list[dict]] | None]:
+  """The top-k job, drawn as it goes: one `topk.stream_units` pass over `batches()` (every device of every
+  process; with `num_classes`, each unit's top `CLASS_TOP` and per-class sums too), then one
+  `topk.projected_chunks` pass that shrinks each chunk of projections to display tiles at once. Memory is
+  the tiles (`[units, k, side, side, 3]` uint8) and one chunk, never the full-size projections of every unit.
+
+  Returns `(tiles per layer, per layer and unit the class summary)` (`classes.top_classes` plus `selectivity`;
+  None without `num_classes`); every process gets the whole result.
+  """
+  stream = topk.stream_units(model, params, batches(), layers, max(k, CLASS_TOP) if num_classes else k, mesh,
+                             num_classes)
+  tops = {n: topk.TopK(*(np.asarray(f)[:, :k] for f in stream.tops[n])) for n in layers}
+  summary = None
+  if num_classes:
+    summary = {}
+    for n in layers:
+      means = classes.class_means(stream.classes[n])
+      image = np.asarray(stream.tops[n].image)
+      labels = np.where(image >= 0, stream.labels[np.clip(image, 0, len(stream.labels) - 1)], -1)
+      units = classes.top_classes(means, labels)
+      for unit, value in zip(units, classes.selectivity(means)):
+        unit['selectivity'] = round(float(value), 4)
+      summary[n] = units
+  tiles = {}
+  for n in layers:
+    m = len(tops[n].value)
+    window = receptive_field.clamp(0, receptive_field.nominal(model.arch, n)[0], model.arch.image_size)[1]
+    side = tile_size(window)
+    blank = lambda: np.zeros((m, k, side, side, 3), np.uint8)  # noqa: E731
+    tiles[n] = LayerTiles(tops[n], blank(), blank(), window)
+  every_unit = {n: np.arange(len(t.value)) for n, t in tops.items()}
+  offset, scale = display_affine(config, model.arch.in_channels, pixel_mean)
+  for part in topk.projected_chunks(model, params, batches(), tops, every_unit):
+    t = tiles[part.layer]
+    draw = _jitted_tiles(t.window, t.patch.shape[2], offset, scale)
+    t.reconstruction[part.row, part.slot], t.patch[part.row, part.slot] = jax.device_get(
+        draw(part.reconstruction, part.patch))
+  if jax.process_count() > 1:  # each slot was drawn by the one process that holds its image
+    tiles = {n: t._replace(reconstruction=np.max(multihost_utils.process_allgather(t.reconstruction), axis=0),
+                           patch=np.max(multihost_utils.process_allgather(t.patch), axis=0))
+             for n, t in tiles.items()}
+  for t in tiles.values():
+    empty = ~np.isfinite(t.top.value)
+    t.reconstruction[empty], t.patch[empty] = 255, 255
+  return tiles, summary
+
+
+def display_affine(config: ml_collections.ConfigDict, channels: int,
+                   pixel_mean: np.ndarray | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """`(offset, scale)` per channel such that `input * scale + offset` is the pixel in [0, 255]: the
+  normalisation `figures.to_display` undoes, as constants for `_jitted_tiles`."""
+  mean, std = augment.channel_stats(channels)
+  if config.input.normalization == 'pixel_mean':
+    if pixel_mean is None:
+      raise ValueError('inputs normalised by the mean image: pass it, pixel_mean=squares.pixel_mean(config)')
+    mean = np.asarray(pixel_mean, np.float32).mean(axis=(0, 1))
+  scale = std if config.input.normalization == 'mean_std' else np.ones_like(std)
+  return tuple(float(v) for v in mean), tuple(float(v) for v in scale)
+
+
+def shrink_weights(window: int, side: int) -> np.ndarray:
+  """`[side, window]` float32: each display pixel's weights over the window's pixels along one axis, read off
+  `resize`'s own filters (PIL's BOX shrinking, nearest enlarging) by resizing each unit impulse."""
+  weights = np.zeros((side, window), np.float32)
+  for j in range(window):
+    impulse = np.zeros((1, window), np.float32)
+    impulse[0, j] = 1
+    weights[:, j] = np.asarray(Image.fromarray(impulse, 'F').resize(
+        (side, 1), Image.NEAREST if side > window else Image.BOX))[0]
+  return weights
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_tiles(window: int, side: int, offset: tuple[float, ...], scale: tuple[float, ...]) -> Callable:
+  """`(reconstructions, patches)` `[j, window, window, C]` -> their display tiles, uint8 `[j, side, side, 3]` each,
+  in one compiled step: `figures.reconstruction_display` (each on its own scale, grey at zero) and
+  `figures.to_display` (`input * scale + offset`, clipped), then shrunk (`shrink_weights`) and rounded."""
+  weights = jnp.asarray(shrink_weights(window, side))
+
+  def shrink(x):
+    x = jnp.einsum('ih,bhwc,jw->bijc', weights, x, weights, precision='highest')
+    x = jnp.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+    return jnp.clip(x * 255 + 0.5, 0, 255).astype(jnp.uint8)
+
+  def tiles(recon, patch):
+    peak = jnp.max(jnp.abs(recon), axis=(1, 2, 3), keepdims=True)
+    recon = 0.5 + recon / (2 * jnp.where(peak > 0, peak, 1.0))
+    patch = jnp.clip((patch * jnp.asarray(scale) + jnp.asarray(offset)) / 255, 0.0, 1.0)
+    return shrink(recon), shrink(patch)
+  return jax.jit(tiles)
+
+
+def write_layer(out: str, layer: int, tiles: LayerTiles, images: int, units: list[dict] | None = None,
+                names: list[str] | None = None) -> dict[str, Any]:
+  """Sprite sheets and `layerN.json` for one layer's `LayerTiles`, with each unit's class summary `units`
+  (`draw_layers`) by class `names` when given."""
+  m, k = tiles.top.value.shape
+  side, gap = tiles.patch.shape[2], 8
+  rows = np.stack([unit_cell(tiles.reconstruction[i], tiles.patch[i], side, gap) for i in range(m)])
   sheets = []
   for s in range(0, m, UNITS_PER_SHEET):
     sheets.append(save_png(out, f'layer{layer}_{s // UNITS_PER_SHEET}.png',
                            np.concatenate(list(rows[s:s + UNITS_PER_SHEET]), axis=0)))
-  value = np.where(filled, result.top.value, np.nan)
+  value = np.where(np.isfinite(tiles.top.value), tiles.top.value, np.nan)
   data = {'layer': layer, 'units': m, 'k': k, 'images': images, 'tile': side, 'gap': gap,
           'cell_width': int(rows.shape[2]), 'units_per_sheet': UNITS_PER_SHEET, 'sheets': sheets,
-          'window': int(result.patch.shape[2]),
+          'window': int(tiles.window),
           'value': [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in value],
-          'image': np.asarray(result.top.image).tolist(), 'y': np.asarray(result.top.y).tolist(),
-          'x': np.asarray(result.top.x).tolist(),
+          'image': np.asarray(tiles.top.image).tolist(), 'y': np.asarray(tiles.top.y).tolist(),
+          'x': np.asarray(tiles.top.x).tolist(),
           'dead': [bool(not (v[0] > 0)) for v in value]}
+  if units is not None:
+    name = (lambda c: names[c]) if names else str  # noqa: E731
+    data['classes'] = [{'by_mean': [[c, name(c), v] for c, v in u['by_mean']],
+                        'in_top': [[c, name(c), v] for c, v in u['in_top']]} for u in units]
+    data['class_selectivity'] = [u['selectivity'] for u in units]
   paths.write_json(paths.join(out, f'layer{layer}.json'), data)
   return data
 
@@ -110,7 +221,7 @@ def save_png(out: str, name: str, pixels: np.ndarray) -> str:
   """Writes `[H, W, 3]` pixels (uint8, or float in [0, 1]) as `out/name`; returns `name`."""
   if pixels.dtype != np.uint8:
     pixels = (np.clip(pixels, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-  Image.fromarray(pixels).save(os.path.join(out, name))
+  Image.fromarray(pixels).save(os.path.join(out, name), compress_level=PNG_LEVEL)
   return name
 
 
@@ -253,25 +364,30 @@ class _Job(NamedTuple):
   out: str
   run: Run
   split: str
-  max_images: int
+  max_images: int | None
   manifest: Manifest
   options: dict[str, Any]  # every part's options: step, config, split, images
   progress: progress_lib.Progress
   pixel_mean: np.ndarray | None
 
   def batches(self):
-    return pipeline.split_batches(self.config, self.split, self.max_images)
+    """This process's rows of the images the report reads (all of them without `max_images`)."""
+    return pipeline.split_batches(self.config, self.split, self.max_images, jax.process_index(), jax.process_count())
 
 
-def build(config: ml_collections.ConfigDict, out: str, run: Run, *, max_images: int = 1000,
+def build(config: ml_collections.ConfigDict, out: str, run: Run, *, max_images: int | None = None,
           layers: tuple[int, ...] | None = None, split: str | None = None, k: int = 9,
-          occlusion_images: int = 3, invariance_images: int = 3, sanity_images: int = 0) -> dict[str, Any]:
+          occlusion_images: int = 3, invariance_images: int = 3, sanity_images: int = 0) -> dict[str, Any] | None:
   """Builds every part the site shows into `out` (reusing parts built before with the same options).
 
   Returns the site's data: `{'config', 'step', 'split', 'workdir', 'architecture', 'curves', 'filters',
   'layers': {n: layer data}, 'occlusion', 'invariance', 'evolution', 'eval'}` (`evolution` None with a
-  single checkpoint, `eval` None without an evaluation up to the step). With `sanity_images` > 0 also
-  `'sanity'` (`sanity_part`) and each layer's per-unit `selectivity` (`sanity.selectivity`, NaN as None).
+  single checkpoint, `eval` None without an evaluation up to the step). `max_images` None: the whole split.
+  With `sanity_images` > 0 also `'sanity'` (`sanity_part`) and each layer's per-unit `selectivity`
+  (`sanity.selectivity`, NaN as None).
+
+  With several processes (`jax.distributed`), every process calls `build`: the top-k job runs over all their
+  devices; process 0 writes every file and gets the data, the others get None.
   """
   present = tuple(c.layer for c in run.model.arch.convs)
   layers = tuple(layers or present)
@@ -279,52 +395,62 @@ def build(config: ml_collections.ConfigDict, out: str, run: Run, *, max_images: 
     raise ValueError(f'--layers must name conv layers of this network, {list(present)}; got {list(layers)}')
   split = split or config.dataset.eval_split
   paths.makedirs(out)
-  options = {'step': run.step, 'config': config.to_json(), 'split': split, 'max_images': max_images, 'version': 1}
+  options = {'step': run.step, 'config': config.to_json(), 'split': split, 'max_images': max_images, 'version': 2}
   job = _Job(config, out, run, split, max_images, Manifest(out), options,
              progress_lib.Progress(2, what='report', unit='tasks'), squares.pixel_mean(config))
+  layer_parts = _layer_parts(job, layers, k)
+  if layer_parts is None:
+    return None
   data = {'config': str(config), 'step': run.step, 'split': split, 'workdir': paths.absolute(run.workdir),
           'architecture': architecture_table(run.model, run.params), 'curves': run.curves,
-          'filters': write_filters(out, run.model, run.params), 'layers': _layer_parts(job, layers, k)}
+          'filters': write_filters(out, run.model, run.params), 'layers': layer_parts}
   data.update(_analysis_parts(job, layers, occlusion_images, invariance_images))
-  data['sanity'] = None
-  if sanity_images > 0:
-    sanity_options = {**options, 'images': sanity_images}
-    images = functools.cache(lambda: pipeline.first_images(config, split, lambda i, label: True, sanity_images)[0])
-    data['sanity'] = job.manifest.cached('sanity', sanity_options, lambda: sanity_part(run.model, run.params,
-                                                                                        images()))
-    for n in layers:
-      data['layers'][n] = {**data['layers'][n], 'selectivity': job.manifest.cached(
-          f'selectivity{n}', sanity_options, lambda n=n: [None if np.isnan(r['selectivity']) else r['selectivity']
-                                                          for r in sanity.selectivity(run.model.arch, run.params,
-                                                                                      images(), n)])}
+  data['sanity'] = _sanity_parts(job, data['layers'], sanity_images) if sanity_images > 0 else None
   data['eval'] = ([r for r in run.curves.get('eval', []) if r['step'] <= run.step] or [None])[-1]
   return data
 
 
-def _layer_parts(job: _Job, layers: tuple[int, ...], k: int) -> dict[int, Any]:
-  """Each layer's data, built for the layers whose saved part does not match: one top-k pass over the
-  images for all of them, one projection pass."""
-  options = {**job.options, 'k': k}
-  todo = [n for n in layers if job.manifest.get(f'layer{n}', options) is None]
+def _sanity_parts(job: _Job, layers: dict[int, Any], count: int) -> dict[str, Any]:
+  """The sanity page's data over the split's first `count` images; adds each unit's `selectivity` (NaN as None)
+  to its layer's data in `layers`."""
+  run, options = job.run, {**job.options, 'images': count}
+  images = functools.cache(lambda: pipeline.first_images(job.config, job.split, lambda i, label: True, count)[0])
+  for n in layers:
+    layers[n] = {**layers[n], 'selectivity': job.manifest.cached(
+        f'selectivity{n}', options, lambda n=n: [None if np.isnan(r['selectivity']) else r['selectivity']
+                                                 for r in sanity.selectivity(run.model.arch, run.params, images(), n)])}
+  return job.manifest.cached('sanity', options, lambda: sanity_part(run.model, run.params, images()))
+
+
+def _layer_parts(job: _Job, layers: tuple[int, ...], k: int) -> dict[int, Any] | None:
+  """Each layer's data, built for the layers whose saved part does not match: `draw_layers` over the images
+  (every process takes part; process 0 writes; the others get None)."""
+  options = {**job.options, 'k': k, 'classes': CLASS_TOP}
+  todo = tuple(n for n in layers if job.manifest.get(f'layer{n}', options) is None)
+  writer = jax.process_index() == 0
   if todo:
     _, _, size = pipeline.eval_batches(job.config, job.split)
-    job.progress.add(2 * -(-min(job.max_images, size) // job.config.eval_batch_size) + len(todo))
-    seen: list[int] = []
+    steps = -(-min(job.max_images or size, size) // job.config.eval_batch_size)
+    job.progress.add(2 * steps + len(todo))
+    reads: list[int] = []  # images read by this process, per pass over the images
 
-    def counted(what):
+    def batches():
+      what = ('top-k pass over all layers', 'projecting every unit\'s top k')[len(reads)]
+      reads.append(0)
       for batch in job.batches():
-        seen.append(int(np.sum(batch['mask'] > 0)))
+        reads[-1] += int(np.sum(batch['mask'] > 0))
         yield batch
         job.progress.advance(1, what)
-    model, params = job.run.model, job.run.params
-    tops = topk.stream_topk(model, params, counted('top-k pass over all layers'), todo, k=k)
-    images = sum(seen)
-    channels = {n: np.arange(len(np.asarray(tops[n].value))) for n in todo}
-    results = topk.project_topk(model, params, counted('projecting every unit\'s top k'), tops, channels)
+    tiles, units = draw_layers(job.run.model, job.run.params, batches, todo, k, job.config, job.pixel_mean,
+                               job.run.model.arch.num_classes)
+    images = reads[0] if jax.process_count() == 1 else int(np.sum(multihost_utils.process_allgather(
+        np.int32(reads[0]))))
+    names = sources.class_names(job.config)
     for n in todo:
-      job.manifest.put(f'layer{n}', options, write_layer(job.out, n, results[n], job.config, images, job.pixel_mean))
-      job.progress.advance(1, f'layer {n}: {len(channels[n])} units drawn')
-  return {n: job.manifest.get(f'layer{n}', options) for n in layers}
+      if writer:
+        job.manifest.put(f'layer{n}', options, write_layer(job.out, n, tiles[n], images, units[n], names))
+      job.progress.advance(1, f'layer {n}: {len(tiles[n].top.value)} units drawn')
+  return {n: job.manifest.get(f'layer{n}', options) for n in layers} if writer else None
 
 
 def _analysis_parts(job: _Job, layers: tuple[int, ...], occlusion_images: int,

@@ -26,6 +26,7 @@ pre { background: #f7f7f7; padding: 0.6em; max-height: 24em; overflow: auto; fon
 .unit.dead { opacity: 0.45; } .unit.dead h3::after { content: " (dead: never fires on these images)"; color: #b00; }
 .unit:target { outline: 3px solid #e80; }
 .cell { background-repeat: no-repeat; image-rendering: pixelated; }
+.classes { font-size: 12px; margin: 2px 0 0 0; max-width: 40em; }
 .values { font: 11px monospace; margin: 2px 0 0 0; max-width: 40em; word-wrap: break-word; }
 #jump { position: sticky; top: 0; background: #fff; padding: 6px 0; z-index: 1; }
 body.hide-dead .unit.dead { display: none; }
@@ -43,6 +44,12 @@ box.addEventListener('keydown', e => {
 });
 document.getElementById('hide-dead').addEventListener('change', e =>
   document.body.classList.toggle('hide-dead', e.target.checked));
+const order = document.getElementById('sort');
+if (order) order.addEventListener('change', () => {
+  const list = document.querySelector('.units');
+  const key = el => order.value === 'unit' ? Number(el.dataset.unit) : -Number(el.dataset[order.value]);
+  [...list.children].sort((a, b) => key(a) - key(b)).forEach(el => list.appendChild(el));
+});
 """
 
 
@@ -121,6 +128,18 @@ def index_page(data: dict[str, Any]) -> str:
   return page('report', body, navigation(layers))
 
 
+def unit_classes(layer: dict[str, Any], u: int) -> str:
+  """What unit `u` responds to: its top classes by mean activation and among its strongest images, and its class
+  selectivity (`report.draw_layers`); empty for a layer built without class statistics."""
+  if 'classes' not in layer:
+    return ''
+  c = layer['classes'][u]
+  by_mean = ', '.join(html.escape(str(name)) for _, name, _ in c['by_mean'][:3])
+  in_top = ', '.join(f'{html.escape(str(name))} ({count})' for _, name, count in c['in_top'][:3])
+  return (f'<p class="classes">top classes: {by_mean or "-"}; in its top images: {in_top or "-"}; '
+          f'class selectivity {layer["class_selectivity"][u]:.2f}</p>')
+
+
 def layer_page(layer: dict[str, Any], split: str, layers: Sequence[int]) -> str:
   n, k, tile = layer['layer'], layer['k'], layer['tile']
   height, width = tile, layer['cell_width']
@@ -132,18 +151,24 @@ def layer_page(layer: dict[str, Any], split: str, layers: Sequence[int]) -> str:
       values += f' | selectivity {layer["selectivity"][u]:.2f}'
     where = '; '.join(f'image {i} ({y}, {x})' for i, y, x, v in
                       zip(layer['image'][u], layer['y'][u], layer['x'][u], layer['value'][u]) if v is not None)
-    units.append(f'<section class="unit{" dead" if layer["dead"][u] else ""}" id="unit-{u}">'
+    sort_keys = f' data-unit="{u}"' + (f' data-class-selectivity="{layer["class_selectivity"][u]}"'
+                                       if 'class_selectivity' in layer else '')
+    units.append(f'<section class="unit{" dead" if layer["dead"][u] else ""}" id="unit-{u}"{sort_keys}>'
                  f'<h3><a href="#unit-{u}">unit {u}</a></h3><div class="cell" title="{where}" style="width:{width}px;'
                  f'height:{height}px;background-image:url({layer["sheets"][sheet]});background-position:0 '
-                 f'-{row * height}px"></div><p class="values">{values}</p></section>')
+                 f'-{row * height}px"></div>{unit_classes(layer, u)}<p class="values">{values}</p></section>')
   dead = sum(layer['dead'])
+  sort = ('<label>sort by <select id="sort"><option value="unit">unit</option><option value="classSelectivity">'
+          'class selectivity</option></select></label>' if 'class_selectivity' in layer else '')
   body = f"""<h1>Layer {n}: {layer['units']} units</h1>
 <p>Each unit (feature map) with its top {k} activations over {layer['images']} {html.escape(split)} images, strongest
 first: on the left the deconvnet projections (each on its own scale, grey at zero), on the right the
 {layer['window']}-px image patches they come from (Fig. 2). Below, the activation values. {dead} units never fire
-on these images (dead). Hover a unit for its images and positions.</p>
+on these images (dead). Hover a unit for its images and positions. Under each unit, what it responds to: its
+classes of highest mean activation, the commonest classes among its top 100 images, and its class selectivity
+(1: one class only, 0: all alike), which the units can be sorted by.</p>
 <form id="jump" onsubmit="return false"><input id="filter" placeholder="unit number, Enter" size="18"
- aria-label="jump to unit"> <label><input type="checkbox" id="hide-dead"> hide dead units</label></form>
+ aria-label="jump to unit"> <label><input type="checkbox" id="hide-dead"> hide dead units</label> {sort}</form>
 <div class="units">{''.join(units)}</div>
 <script>{JUMP_JS}</script>"""
   return page(f'layer {n}', body, navigation(layers))

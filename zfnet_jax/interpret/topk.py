@@ -8,14 +8,16 @@ deconvnet.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import multihost_utils
 
 from zfnet_jax import parallel
+from zfnet_jax.interpret import classes as classes_lib
 from zfnet_jax.interpret import deconvnet
 from zfnet_jax.model import network, receptive_field
 
@@ -58,34 +60,77 @@ def topk_update(state: TopK, activations: jax.Array, image_ids: jax.Array, mask:
   return topk_merge(state, batch)
 
 
-def stream_topk(model: network.ConvNet, params: Any, batches: Iterable[dict[str, np.ndarray]],
-                layer_numbers: Iterable[int], k: int = 9, mesh: jax.sharding.Mesh | None = None) -> dict[int, TopK]:
-  """One pass over `batches` (`image`, `mask`, as `pipeline.eval_batches` yields them): the top `k`
-  of every feature map of each layer. Images are numbered in stream order. Batches are sharded over
-  `mesh` (default: every local device) and merged on the way, so the result is the top-k of the whole
-  stream."""
+class Stream(NamedTuple):
+  """What one pass over a stream gathers (`stream_units`)."""
+  tops: dict[int, TopK]  # per layer, every feature map's top k
+  classes: dict[int, classes_lib.ClassStats] | None  # per layer, per-class sums (None unless asked for)
+  labels: np.ndarray  # int32 [n]: the label of each image index of the stream, -1 for indices it did not hold
+
+
+def stream_units(model: network.ConvNet, params: Any, batches: Iterable[dict[str, np.ndarray]],
+                 layer_numbers: Iterable[int], k: int = 9, mesh: jax.sharding.Mesh | None = None,
+                 num_classes: int | None = None) -> Stream:
+  """One pass over `batches` (`image`, `mask`, `label`, and `index` as `pipeline.split_batches` yields them: each
+  row's index in the split, the same on every process; without `index`, rows are numbered in stream order):
+  the top `k` of every feature map of each layer and, with `num_classes`, each unit's per-class sums.
+
+  Data-parallel over `mesh` (default: every device of every process, each process passing its own rows of
+  each global batch, `pipeline.split_batches(..., process_index, process_count)`): each step's top-k is
+  taken over the whole global batch and merged into replicated state, so the result is the same as one
+  device's (exact: values, images, positions). Every process gets the whole result.
+  """
   layer_numbers = tuple(layer_numbers)
-  mesh = mesh or parallel.make_mesh(jax.local_devices())
+  mesh = mesh or parallel.make_mesh()
   channels = {c.layer: c.features for c in model.arch.convs}
-  update = _jitted_topk_update(model, layer_numbers)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  params = jax.device_put(params, replicated)
-  states, seen = jax.device_put({n: topk_empty(channels[n], k) for n in layer_numbers}, replicated), 0
+  update = _jitted_update(model, layer_numbers, num_classes)
+  replicated = parallel.replicated(mesh)
+  params = jax.device_put(jax.device_get(params), replicated)
+  state = {'top': {n: topk_empty(channels[n], k) for n in layer_numbers}}
+  if num_classes:
+    state['classes'] = {n: classes_lib.class_empty(channels[n], num_classes) for n in layer_numbers}
+  state, seen, labels = jax.device_put(state, replicated), 0, {}
+  wait = parallel.one_step_in_flight()
   for batch in batches:
     size = len(batch['mask'])
-    ids = np.arange(seen, seen + size, dtype=np.int32)
-    placed = parallel.global_batch(mesh, {'image': batch['image'], 'ids': ids, 'mask': batch['mask']})
-    states = update(states, params, placed['image'], placed['ids'], placed['mask'])
+    ids = np.asarray(batch['index'], np.int32) if 'index' in batch else np.arange(seen, seen + size, dtype=np.int32)
+    label = np.asarray(batch.get('label', np.zeros(size)), np.int32)
+    labels.update((int(i), int(v)) for i, v, m in zip(ids, label, batch['mask']) if m > 0)
+    placed = parallel.global_batch(mesh, {'image': batch['image'], 'ids': ids, 'mask': batch['mask'], 'label': label})
+    state = update(state, params, placed['image'], placed['ids'], placed['mask'], placed['label'])
+    if wait:
+      jax.block_until_ready(state)
     seen += size
-  return states
+  return Stream(state['top'], state.get('classes'), _gather_labels(labels))
+
+
+def stream_topk(model: network.ConvNet, params: Any, batches: Iterable[dict[str, np.ndarray]],
+                layer_numbers: Iterable[int], k: int = 9, mesh: jax.sharding.Mesh | None = None) -> dict[int, TopK]:
+  """`stream_units`' top-k alone: the top `k` of every feature map of each layer over `batches`."""
+  return stream_units(model, params, batches, layer_numbers, k, mesh).tops
+
+
+def _gather_labels(labels: dict[int, int]) -> np.ndarray:
+  """The `{index: label}` each process saw, as one int32 array over all processes (-1 where none saw it)."""
+  size = max(labels, default=-1) + 1
+  if jax.process_count() > 1:
+    size = int(np.max(multihost_utils.process_allgather(np.int32(size))))
+  out = np.full(size, -1, np.int32)
+  out[list(labels)] = list(labels.values())
+  if jax.process_count() > 1:
+    out = np.max(multihost_utils.process_allgather(out), axis=0)
+  return out
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_topk_update(model: network.ConvNet, layer_numbers: tuple[int, ...]) -> Callable:
-  """One compiled step per (model, layers), shared by every pass (and every checkpoint of a run)."""
-  def update(states, params, images, ids, mask):
+def _jitted_update(model: network.ConvNet, layer_numbers: tuple[int, ...], num_classes: int | None) -> Callable:
+  """One compiled step per (model, layers, classes), shared by every pass (and every checkpoint of a run)."""
+  def update(state, params, images, ids, mask, labels):
     outputs = network.forward(model, params, images).layers
-    return {n: topk_update(states[n], outputs[f'layer{n}'], ids, mask) for n in layer_numbers}
+    new = {'top': {n: topk_update(state['top'][n], outputs[f'layer{n}'], ids, mask) for n in layer_numbers}}
+    if num_classes:
+      new['classes'] = {n: classes_lib.class_update(state['classes'][n], outputs[f'layer{n}'], labels, mask)
+                        for n in layer_numbers}
+    return new
   return jax.jit(update)
 
 
@@ -109,16 +154,58 @@ class TopKProjections(NamedTuple):
   receptive_field: np.ndarray  # [M, k, 4] exact receptive field (top, left, bottom, right), half-open
 
 
+class ProjectedChunk(NamedTuple):
+  """Up to `chunk` projected entries of one layer's kept activations (`projected_chunks`)."""
+  layer: int
+  row: np.ndarray  # [j] index into the layer's `channels`
+  slot: np.ndarray  # [j] which of the unit's k
+  reconstruction: np.ndarray  # [j, R, R, C_in]
+  patch: np.ndarray  # [j, R, R, C_in] the image windows the reconstructions cover
+  window: np.ndarray  # [j, 2] (top, left)
+
+
+def projected_chunks(model: network.ConvNet, params: Any, batches: Iterable[dict[str, np.ndarray]],
+                     tops: dict[int, TopK], channels: dict[int, np.ndarray],
+                     chunk: int = 16) -> Iterator[ProjectedChunk]:
+  """Re-reads the stream `stream_units` read (batches with `index`, or numbered in stream order) and projects
+  the kept activations of the `channels` of each layer whose images this process holds, `chunk` at a time.
+
+  Each batch with kept images is recorded once; seeds go `chunk` at a time (the last chunk padded with zero
+  seeds). Empty slots (value -inf) are never yielded. Memory: one batch's recording and one chunk.
+  """
+  rec = _jitted_record(model)
+  project = {n: _jitted_project(model.arch, n, chunk) for n in tops}
+  picked = {n: TopK(*(np.asarray(f)[channels[n]] for f in top)) for n, top in tops.items()}
+  seen = 0
+  for batch in batches:
+    size = len(batch['mask'])
+    start = int(batch['index'][0]) if 'index' in batch else seen
+    recording = None
+    for n, top in picked.items():
+      rows, cols = np.nonzero((top.image >= start) & (top.image < start + size) & np.isfinite(top.value))
+      if recording is None and len(rows):
+        recording = rec(params, batch['image'])
+      for i in range(0, len(rows), chunk):
+        r, c = rows[i:i + chunk], cols[i:i + chunk]
+        fill = lambda a, dtype: np.pad(np.asarray(a, dtype), (0, chunk - len(r)))  # noqa: E731
+        seeds = deconvnet.Seeds(fill(top.image[r, c] - start, np.int32), fill(np.asarray(channels[n])[r], np.int32),
+                                fill(top.y[r, c], np.int32), fill(top.x[r, c], np.int32),
+                                fill(top.value[r, c], np.float32))
+        proj = jax.device_get(project[n](params, recording.switches, seeds=seeds))
+        side = proj.patches.shape[1]
+        window = np.stack([proj.top[:len(r)], proj.left[:len(r)]], axis=-1).astype(np.int32)
+        patch = np.stack([batch['image'][seeds.image[j], t:t + side, left:left + side]
+                          for j, (t, left) in enumerate(window)])
+        yield ProjectedChunk(n, r, c, np.asarray(proj.patches[:len(r)]), patch, window)
+    seen += size
+
+
 def project_topk(model: network.ConvNet, params: Any, batches: Iterable[dict[str, np.ndarray]], tops: dict[int, TopK],
                  channels: dict[int, np.ndarray], chunk: int = 16) -> dict[int, TopKProjections]:
-  """Re-reads the stream `stream_topk` read and projects the kept activations of the `channels` of each layer.
-
-  Each batch with kept images is recorded once; their seeds are projected `chunk` at a time (the last
-  chunk padded with zero seeds). Empty slots (value -inf) stay zero.
-  """
+  """Re-reads the stream `stream_topk` read and projects the kept activations of the `channels` of each layer
+  (`projected_chunks`), all held at once: for a few maps (`visualize topk`); the report draws each chunk as
+  it comes instead. Empty slots (value -inf) stay zero."""
   arch = model.arch
-  rec = _jitted_record(model)
-  project = {n: _jitted_project(arch, n, chunk) for n in tops}
   out = {}
   for n, top in tops.items():
     picked = TopK(*(np.asarray(f)[channels[n]] for f in top))
@@ -127,28 +214,11 @@ def project_topk(model: network.ConvNet, params: Any, batches: Iterable[dict[str
     box = np.stack(receptive_field.receptive_field(arch, n, picked.y, picked.x), axis=-1)
     empty = lambda: np.zeros((m, k, size, size, arch.in_channels), np.float32)  # noqa: E731
     out[n] = TopKProjections(np.asarray(channels[n]), picked, empty(), empty(), np.zeros((m, k, 2), np.int32), box)
-  seen = 0
-  for batch in batches:
-    recording = None
-    for n, result in out.items():
-      rows, cols = np.nonzero((result.top.image >= seen) & (result.top.image < seen + len(batch['mask']))
-                              & np.isfinite(result.top.value))
-      if recording is None and len(rows):
-        recording = rec(params, batch['image'])
-      for i in range(0, len(rows), chunk):
-        r, c = rows[i:i + chunk], cols[i:i + chunk]
-        fill = lambda a, dtype: np.pad(np.asarray(a, dtype), (0, chunk - len(r)))  # noqa: E731
-        seeds = deconvnet.Seeds(fill(result.top.image[r, c] - seen, np.int32), fill(result.channel[r], np.int32),
-                                fill(result.top.y[r, c], np.int32), fill(result.top.x[r, c], np.int32),
-                                fill(result.top.value[r, c], np.float32))
-        proj = jax.device_get(project[n](params, recording.switches, seeds=seeds))
-        size = proj.patches.shape[1]
-        for j in range(len(r)):
-          top, left = int(proj.top[j]), int(proj.left[j])
-          result.reconstruction[r[j], c[j]] = proj.patches[j]
-          result.patch[r[j], c[j]] = batch['image'][seeds.image[j], top:top + size, left:left + size]
-          result.window[r[j], c[j]] = (top, left)
-    seen += len(batch['mask'])
+  for part in projected_chunks(model, params, batches, tops, channels, chunk):
+    result = out[part.layer]
+    result.reconstruction[part.row, part.slot] = part.reconstruction
+    result.patch[part.row, part.slot] = part.patch
+    result.window[part.row, part.slot] = part.window
   return out
 
 

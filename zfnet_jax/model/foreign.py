@@ -1,6 +1,6 @@
 """PyTorch state-dict layouts in general: what every foreign naming of this network shares.
 
-A foreign layout (`pytorchcv`, and later torchvision's AlexNet) says only which module name each layer of
+A foreign layout (`pytorchcv`, `torchvision_alexnet`) says only which module name each layer of
 an `Architecture` has, e.g. `{'conv1': 'features.stage1.unit1.conv', ..., 'fc8': 'output.fc3'}`, and
 refuses a network it cannot express. Everything else is PyTorch's and lives here: parameters are
 `{module}.weight` and `{module}.bias`; conv kernels are OIHW there and HWIO here, dense kernels [out, in]
