@@ -79,8 +79,9 @@ def test_command_line_prints_one_json_line_and_rejects_unknown_subcommands():
   [line] = done.stdout.splitlines()
   record = json.loads(line)
   assert (record['what'], record['batch'], record['timed_steps'], record['devices']) == ('infer', 4, 1, 1)
-  with pytest.raises(SystemExit, match=re.escape('usage: python -m zfnet_jax.benchmark train|infer|deconv|occlusion|'
-                                                 'report|pageload|input --config CFG')):
+  usage = ('usage: python -m zfnet_jax.benchmark train|infer|deconv|occlusion|report|pageload|input|attribute '
+           '--config CFG')
+  with pytest.raises(SystemExit, match=re.escape(usage) + r'.*or device --config CFG'):
     benchmark.main(['benchmark', 'deconvolve'])
 
 
