@@ -12,6 +12,8 @@ import io
 import os
 import runpy
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 from typing import NamedTuple
@@ -163,3 +165,19 @@ def small_net(layout: str, **overrides) -> tuple[network.ConvNet, dict]:
 def record(model, params, images):
   """`deconvnet.record`, jitted once per model for the whole session."""
   return deconvnet.record(model, params, images)
+
+
+def free_port() -> int:
+  """A free TCP port on localhost, for a JAX coordinator."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def launch_processes(args: list[str], processes: int, env: dict[str, str]) -> list[subprocess.Popen]:
+  """The command `args` as one process, or as `processes` gloo processes of one JAX job (a coordinator on a
+  free localhost port, `--process_id` each); output piped, merged."""
+  if processes > 1:
+    args = [*args, f'--coordinator_address=localhost:{free_port()}', f'--num_processes={processes}']
+  return [subprocess.Popen(args + ([f'--process_id={i}'] if processes > 1 else []), cwd=REPO, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(processes)]

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import PIL.Image
 import pytest
 from safetensors.numpy import save_file
 
-from conftest import REPO, config_path, digits_config
+from conftest import REPO, config_path, digits_config, free_port
 from zfnet_jax import cli, config_lib, paths
 from zfnet_jax.data import inputs, pipeline, squares
 from zfnet_jax.interpret import figures
@@ -258,9 +257,7 @@ except loop.WorkdirInUseError as e:
 def test_on_two_hosts_the_lock_is_process_0s_and_both_processes_stop(tmp_path):
   workdir = str(tmp_path / 'run')
   paths.makedirs(workdir)
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
+  port = free_port()
   with paths.Lock(paths.join(workdir, loop.LOCK_FILE)).acquire():  # held by this process
     procs = [subprocess.Popen([sys.executable, '-c', ONE_WRITER_ON_TWO_HOSTS, f'localhost:{port}', str(i), workdir],
                               cwd=REPO, env={**ONE_DEVICE, 'JAX_TRANSFER_GUARD': 'disallow'}, stdout=subprocess.PIPE,

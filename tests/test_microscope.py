@@ -2,8 +2,6 @@
 per-unit class statistics equal a direct computation, and the report's options."""
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import jax
@@ -12,7 +10,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from conftest import PATIENT_COLLECTIVES, REPO, config_path, small_net
+from conftest import PATIENT_COLLECTIVES, config_path, launch_processes, small_net
 from zfnet_jax import config_lib, parallel, visualize
 from zfnet_jax.interpret import classes, figures, report, site, topk
 from zfnet_jax.model import foreign
@@ -84,13 +82,7 @@ def _report(tfds_dir, workdir, out, processes):
   args = [sys.executable, '-m', 'zfnet_jax.visualize', 'report', '--config', config_path('digits'), '--workdir',
           workdir, '--out', out, '--images', '128', '--layers', '1,5', '--examples', '1',
           f'--config.dataset.data_dir={tfds_dir}', '--config.eval_batch_size=32']
-  if processes > 1:
-    with socket.socket() as s:
-      s.bind(('localhost', 0))
-      port = s.getsockname()[1]
-    args += [f'--coordinator_address=localhost:{port}', f'--num_processes={processes}']
-  procs = [subprocess.Popen(args + ([f'--process_id={i}'] if processes > 1 else []), cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+  procs = launch_processes(args, processes, env)
   for p in procs:
     output = p.communicate(timeout=600)[0]
     assert p.returncode == 0, output[-3000:]

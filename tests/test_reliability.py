@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from conftest import PATIENT_COLLECTIVES, REPO, config_path, digits_config
+from conftest import PATIENT_COLLECTIVES, config_path, digits_config, launch_processes
 from zfnet_jax import parallel
 from zfnet_jax.data import augment, pipeline
 from zfnet_jax.training import checkpointing, evaluation, loop, steps
@@ -49,14 +48,7 @@ def launch(workdir, tfds_dir, num_steps, processes=1, devices=4, wait=True):
           '--config.optim.learning_rate=0.005',
           '--config.optim.warmup_epochs=0', '--config.checkpoint_every_steps=2', '--config.keep_checkpoints=20',
           '--config.log_every_steps=1', '--config.eval_every_epochs=100']
-  if processes > 1:
-    with socket.socket() as s:
-      s.bind(('localhost', 0))
-      port = s.getsockname()[1]
-    args += [f'--coordinator_address=localhost:{port}', f'--num_processes={processes}']
-  procs = [subprocess.Popen(args + ([f'--process_id={i}'] if processes > 1 else []), cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(processes)]
+  procs = launch_processes(args, processes, env)
   if not wait:
     return procs
   outs = [p.communicate(timeout=300)[0] for p in procs]
