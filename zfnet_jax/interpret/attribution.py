@@ -103,15 +103,20 @@ def _lrn(arch: network.Architecture, rules: Rules, x: jax.Array) -> jax.Array:
 
 
 def stages(arch: network.Architecture, params: Any, rules: Rules) -> list[tuple[str, Callable]]:
-  """The forward pass as `[(name, f)]`: 'layer1'.. (conv then fc, as `network.Forward.layers`), then 'logits';
-  each `f` maps the previous stage's output to its own (`[B, H, W, C]` / `[B, F]`) with `rules`' backward."""
+  """The forward pass as `[(name, f)]`: 'conv1' (the first conv without its bias: the only part of the network
+  that is linear in the image), 'layer1'.. (conv then fc, as `network.Forward.layers`), then 'logits'; each `f`
+  maps the previous stage's output to its own (`[B, H, W, C]` / `[B, F]`) with `rules`' backward. Computed in the
+  images' dtype (parameters cast to it), the classifier in float32, as `network.ConvNet`."""
   relu = _relu(rules)
   pool = _pool(rules, arch.pool_window, arch.pool_stride, arch.pool_ceil)
+  cast = lambda p, x: jax.tree_util.tree_map(lambda v: v.astype(x.dtype), p)  # noqa: E731
 
-  def conv(c, x):
-    p = params[c.name]
-    x = relu(lax.conv_general_dilated(x, p['kernel'], (c.stride, c.stride), [(c.padding, c.padding)] * 2,
-                                      dimension_numbers=network.CONV_DIMS) + p['bias'])
+  def linear(c, x):
+    return lax.conv_general_dilated(x, cast(params[c.name]['kernel'], x), (c.stride, c.stride),
+                                    [(c.padding, c.padding)] * 2, dimension_numbers=network.CONV_DIMS)
+
+  def after_linear(c, x):
+    x = relu(x + cast(params[c.name]['bias'], x))
     if c.lrn and (arch.lrn_position == 'before_pool' or not c.pool):
       x = _lrn(arch, rules, x)
     if c.pool:
@@ -120,12 +125,14 @@ def stages(arch: network.Architecture, params: Any, rules: Rules) -> list[tuple[
         x = _lrn(arch, rules, x)
     return x
 
-  out = [(f'layer{c.layer}', functools.partial(conv, c)) for c in arch.convs]
+  first, *rest = arch.convs
+  out = [(first.name, functools.partial(linear, first)), ('layer1', functools.partial(after_linear, first))]
+  out += [(f'layer{c.layer}', lambda x, c=c: after_linear(c, linear(c, x))) for c in rest]
   for i, (n, _) in enumerate(arch.fcs):
     flatten = i == 0
     out.append((f'layer{n}', lambda x, n=n, flatten=flatten: relu(network.dense(
-        params[f'fc{n}'], x.reshape(x.shape[0], -1) if flatten else x))))
-  out.append(('logits', lambda x: network.dense(params['fc8'], x.reshape(x.shape[0], -1))))
+        cast(params[f'fc{n}'], x), x.reshape(x.shape[0], -1) if flatten else x))))
+  out.append(('logits', lambda x: network.dense(params['fc8'], x.reshape(x.shape[0], -1).astype(jnp.float32))))
   return out
 
 
@@ -165,6 +172,19 @@ def score(arch: network.Architecture, params: Any, images: jax.Array, targets: T
   out = run(arch, params, images, CUBE['gradient'], stop=layer)
   return jax.vmap(lambda o, t: jnp.vdot(_cotangent(o, t), o) * jnp.where((o.ndim > 1) & (t.y < 0), 0.5, 1.0))(
       out, targets)
+
+
+def _mean_gradient(arch: network.Architecture, params: Any, image: jax.Array, copies: jax.Array, target: Targets,
+                   layer: str) -> jax.Array:
+  """The mean over `copies` `[N, H, W, F]` (conv1's outputs before its bias, of N inputs near `image` `[S, S, C]`)
+  of the target's gradient, by one vjp of the N copies as a batch, sent through conv1 to the image once: conv1
+  is linear, so the mean of its transposes is the transpose of the mean (integrated gradients and SmoothGrad).
+  Returns `[S, S, C]`."""
+  rules = CUBE['gradient']
+  out, vjp = jax.vjp(lambda z: run(arch, params, z, rules, start=arch.convs[0].name, stop=layer), copies)
+  mean = jnp.mean(vjp(jax.vmap(_cotangent, (0, None))(out, target))[0], axis=0)
+  conv1 = jax.linear_transpose(lambda v: run(arch, params, v[None], rules, stop=arch.convs[0].name)[0], image)
+  return conv1(mean)[0]
 
 
 def gradcam(arch: network.Architecture, params: Any, image: jax.Array, target: Targets, conv: str) -> jax.Array:
@@ -209,15 +229,17 @@ def attribute(arch: network.Architecture, params: Any, images: jax.Array, target
     alphas = (jnp.arange(steps, dtype=images.dtype) + 0.5) / steps
     def one(image, target):
       base = jnp.broadcast_to(jnp.asarray(baseline, image.dtype), image.shape)
-      path = base + alphas[:, None, None, None] * (image - base)
-      return (image - base) * jnp.mean(jax.vmap(lambda p: grad(p, target))(path), axis=0)
+      ends = run(arch, params, jnp.stack([base, image]), CUBE['gradient'], stop=arch.convs[0].name)
+      path = ends[0] + alphas[:, None, None, None] * (ends[1] - ends[0])  # conv1 is linear: its path is the path
+      return (image - base) * _mean_gradient(arch, params, image, path, target, layer)
     return jax.vmap(one)(images, targets)
   if method == 'smoothgrad':
     keys = jax.random.split(jax.random.key(0) if key is None else key, images.shape[0])
     def one(image, target, k):
       sigma = noise * (jnp.max(image) - jnp.min(image))
       noisy = image + sigma * jax.random.normal(k, (samples, *image.shape), image.dtype)
-      return jnp.mean(jax.vmap(lambda p: grad(p, target))(noisy), axis=0)
+      path = run(arch, params, noisy, CUBE['gradient'], stop=arch.convs[0].name)
+      return _mean_gradient(arch, params, image, path, target, layer)
     return jax.vmap(one)(images, targets, keys)
   if method == 'gradcam':
     conv = layer if layer != 'logits' else gradcam_layer(arch)
