@@ -17,9 +17,13 @@ LRN's backward is its true vjp where the mask is on (the gradient family) and th
 there).
 
 On top: `gradient_x_input`, `integrated_gradients`, `smoothgrad` (of the gradient) and `gradcam` (at a conv
-layer). A target is a class logit (`layer='logits'`), one unit (a conv layer, channel, row, column; or an fc
-layer's unit) or a whole conv map (`y < 0`: the map's own values sent down, as the deconvnet projects a map).
-All functions are pure and jittable (`arch`, `layer`, `method` static) and vmapped over (image, target) pairs.
+layer, of any target after it). Integrated gradients and SmoothGrad send their N copies of an image down as one
+batch by one vjp, from conv1's output before its bias: conv1 is linear, so the path's conv1 outputs are the path
+between two of them, and the mean of N transposes is one transpose of the mean.
+A target is a class logit (`layer='logits'`), one unit (a conv layer, channel, row, column; or an fc layer's
+unit) or a whole conv map (`y < 0`: the map's own values sent down, as the deconvnet projects a map).
+All functions are pure and jittable (`arch`, `layer`, `method` static) and vmapped over (image, target) pairs;
+they compute in the images' dtype (bfloat16 images: bfloat16 maps, the classifier in float32 as `network.ConvNet`).
 """
 from __future__ import annotations
 
@@ -187,13 +191,15 @@ def _mean_gradient(arch: network.Architecture, params: Any, image: jax.Array, co
   return conv1(mean)[0]
 
 
-def gradcam(arch: network.Architecture, params: Any, image: jax.Array, target: Targets, conv: str) -> jax.Array:
-  """Grad-CAM (Selvaraju et al.) of a class at conv layer `conv` (e.g. 'layer5'): `[h, w, 1]` at that layer's
-  resolution, ReLU(sum_c mean_hw(d logit / d A_c) * A_c)."""
+def gradcam(arch: network.Architecture, params: Any, image: jax.Array, target: Targets, conv: str,
+            layer: str = 'logits') -> jax.Array:
+  """Grad-CAM (Selvaraju et al.) at conv layer `conv` (e.g. 'layer4') of a target at `layer` after it (a class at
+  'logits', or a unit or whole map of a later layer): `[h, w, 1]` at `conv`'s resolution,
+  ReLU(sum_c mean_hw(d target / d A_c) * A_c)."""
   rules = CUBE['gradient']
   acts = run(arch, params, image[None], rules, stop=conv)
-  logits, vjp = jax.vjp(lambda a: run(arch, params, a, rules, start=conv)[0], acts)
-  grads = vjp(_cotangent(logits, target))[0][0]
+  out, vjp = jax.vjp(lambda a: run(arch, params, a, rules, start=conv, stop=layer)[0], acts)
+  grads = vjp(_cotangent(out, target))[0][0]
   return jax.nn.relu(jnp.sum(jnp.mean(grads, axis=(0, 1)) * acts[0], axis=-1, keepdims=True))
 
 
@@ -207,17 +213,18 @@ def gradcam_layer(arch: network.Architecture) -> str:
 
 def attribute(arch: network.Architecture, params: Any, images: jax.Array, targets: Targets, layer: str = 'logits',
               method: str | Rules = 'gradient', steps: int = 32, baseline: float | jax.Array = 0.0,
-              samples: int = 16, noise: float = 0.15, key: jax.Array | None = None) -> jax.Array:
-  """Maps `[B, H, W, C]` for `[B, H, W, C]` images and `[B]` targets (Grad-CAM: `[B, h, w, 1]` at conv `layer`,
-  whose class is `targets.channel`). Raw values, before any display scaling.
+              samples: int = 16, noise: float = 0.15, key: jax.Array | None = None,
+              cam: str | None = None) -> jax.Array:
+  """Maps `[B, H, W, C]` for `[B, H, W, C]` images and `[B]` targets (Grad-CAM: `[B, h, w, 1]` at conv layer
+  `cam`). Raw values, before any display scaling.
 
   Args:
-    layer: where the targets live: 'logits' (a class), 'layer{n}'; for 'gradcam' the conv layer of the map
-      ('logits': `gradcam_layer(arch)`).
+    layer: where the targets live: 'logits' (a class), 'layer{n}' (a unit or whole map).
     method: a name of `METHODS` or a point `Rules(...)` of the cube.
     steps: integrated gradients' Riemann steps (midpoints) from `baseline` (a scalar or `[H, W, C]`) to the image.
     samples, noise, key: smoothgrad's noisy copies, its noise's std as a fraction of each image's value range,
       and its random key (default `jax.random.key(0)`).
+    cam: Grad-CAM's conv layer, before `layer` (default `gradcam_layer(arch)`).
   """
   if isinstance(method, Rules) or method in CUBE:
     rules = method if isinstance(method, Rules) else CUBE[method]
@@ -242,7 +249,7 @@ def attribute(arch: network.Architecture, params: Any, images: jax.Array, target
       return _mean_gradient(arch, params, image, path, target, layer)
     return jax.vmap(one)(images, targets, keys)
   if method == 'gradcam':
-    conv = layer if layer != 'logits' else gradcam_layer(arch)
-    return jax.vmap(lambda i, t: gradcam(arch, params, i, t, conv))(images, targets)
+    conv = cam or gradcam_layer(arch)
+    return jax.vmap(lambda i, t: gradcam(arch, params, i, t, conv, layer))(images, targets)
   raise ValueError(f'unknown attribution method {method!r}: use one of {METHODS} or a Rules(mask, switches, '
                    f'rectify) point')

@@ -170,7 +170,7 @@ def _send_down(arch, params, image, layer, rules, position, signal):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _selectivity_maps(arch, params, images, layer, rules, units, key):
+def selectivity_maps(arch, params, images, layer, rules, units, key):
   """For each unit's strongest activation over `images`: the projections of (unit, random other channel,
   |noise| over all channels) at its place, `3 x [U, S, S, C]`, and the unit's strongest value `[U]`."""
   acts = attribution.run(arch, params, images, attribution.CUBE['gradient'], stop=layer)  # [B, H, W, C]
@@ -196,7 +196,7 @@ def selectivity(arch: network.Architecture, params: Any, images: np.ndarray, lay
   (0: the picture does not depend on the unit; units that never fire get NaN)."""
   c = {s.layer: s.features for s in arch.convs}[layer]
   units = np.arange(c) if units is None else np.asarray(units)
-  unit, other, noise, value = map(np.asarray, _selectivity_maps(arch, params, jnp.asarray(images), f'layer{layer}',
+  unit, other, noise, value = map(np.asarray, selectivity_maps(arch, params, jnp.asarray(images), f'layer{layer}',
                                                                 rules, jnp.asarray(units), jax.random.key(seed)))
   rows = []
   for i, u in enumerate(units):
