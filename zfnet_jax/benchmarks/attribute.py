@@ -1,8 +1,7 @@
 """`attribute`: each attribution method's maps of one synthetic image through random weights, per second.
 
 One record per method of `attribution.METHODS` (the class logit 0 as target; integrated gradients with 32 steps,
-SmoothGrad with 16 samples, Grad-CAM at its default layer), jitted once with the train step's XLA options
-(`parallel.compiler_options`), median of `--steps` calls. With
+SmoothGrad with 16 samples, Grad-CAM at its default layer), jitted once, median of `--steps` calls. With
 `ZFNET_REFERENCE_PYTHON` naming a Python that has torch and captum (a venv of its own, never a dependency),
 the same run also times Captum's same method on the plain PyTorch ZFNet (`scripts/reference_attribution.py`)
 and adds `captum_maps_per_s` and `ratio` to each record.
@@ -18,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from zfnet_jax import parallel
 from zfnet_jax.benchmarks import harness
 from zfnet_jax.interpret import attribution
 from zfnet_jax.model import network
@@ -43,11 +41,10 @@ def run(config: ml_collections.ConfigDict, options: harness.Options) -> list[har
   params = harness.random_params(model, config)
   image = jax.device_put(harness.synthetic_images(config, 1))
   targets = attribution.Targets(*(jnp.zeros((1,), jnp.int32) for _ in range(3)))
-  xla = parallel.compiler_options(parallel.make_mesh(jax.local_devices()[:1]))  # as the train step: Eigen convs on CPU
   records = []
   for method in attribution.METHODS:
     fn = jax.jit(lambda p, x, t, method=method: attribution.attribute(arch, p, x, t, 'logits', method, steps=STEPS,
-                                                                      samples=SAMPLES), compiler_options=xla)
+                                                                      samples=SAMPLES))
     compiled, compile_s = harness.compile_timed(fn, params, image, targets)
     flops = harness.step_flops(compiled)
     times = harness.time_steps(lambda: jax.block_until_ready(compiled(params, image, targets)), options.warmup,

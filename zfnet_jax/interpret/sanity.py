@@ -22,7 +22,6 @@ import numpy as np
 from scipy import stats
 from skimage import feature, filters, metrics
 
-from zfnet_jax import parallel
 from zfnet_jax.interpret import attribution
 from zfnet_jax.model import network
 
@@ -81,8 +80,7 @@ def mapper(arch: network.Architecture, steps: int = 16, samples: int = 8) -> Cal
   """`maps(params, images, classes, method) -> [B, S, S, C]` numpy maps of the class logits, jitted per method
   (Grad-CAM at `attribution.gradcam_layer`, resized to the image for comparison); one per (arch, steps, samples),
   so every test of a run shares its compiled maps."""
-  @functools.partial(jax.jit, static_argnums=3,
-                     compiler_options=parallel.compiler_options(parallel.make_mesh(jax.local_devices()[:1])))
+  @functools.partial(jax.jit, static_argnums=3)
   def maps(params, images, classes, method):
     zeros = jnp.zeros_like(classes)
     out = attribution.attribute(arch, params, images, attribution.Targets(classes, zeros, zeros), 'logits', method,
