@@ -134,3 +134,26 @@ def test_tfdata_reference_crops_and_subtracts_the_one_grey_mean(tfds_dir):
   assert grey == pytest.approx(np.mean(augment.IMAGENET_MEAN))
   assert batch['image'].min() == pytest.approx(-grey)  # the digits' black background, minus the mean
   assert batch['image'].max() <= 255 - grey + 1e-3
+
+
+def test_attribute_times_each_method_beside_a_reference(tmp_path, monkeypatch):
+  """One record per method of the engine; with ZFNET_REFERENCE_PYTHON the reference's maps/s (here a stand-in
+  script printing known numbers) and the ratio join each record."""
+  from zfnet_jax.benchmarks import attribute
+  from zfnet_jax.interpret import attribution
+  fake = tmp_path / 'reference.py'
+  fake.write_text('import json\nprint(json.dumps({"threads": 2, "gradient": 4.0, "gradcam": 8.0}))\n')
+  monkeypatch.setattr(attribute, 'REFERENCE', str(fake))
+  monkeypatch.setattr(attribute, 'STEPS', 2)
+  monkeypatch.setattr(attribute, 'SAMPLES', 2)
+  monkeypatch.setenv('ZFNET_REFERENCE_PYTHON', sys.executable)
+  options = benchmarks.Options(config_path='configs/digits.py', steps=2, warmup=0)
+  records = [json.loads(json.dumps(r)) for r in benchmarks.BENCHMARKS['attribute'](tiny_digits(), options)]
+  assert [r['method'] for r in records] == list(attribution.METHODS)
+  for r in records:
+    assert set(FIELDS) <= set(r) and (r['what'], r['batch'], r['timed_steps']) == ('attribute', 1, 2)
+    assert r['maps_per_s'] == pytest.approx(1 / r['step_time_s'])
+    expected = {'gradient': 4.0, 'gradcam': 8.0}.get(r['method'])
+    assert r.get('captum_maps_per_s') == expected
+    if expected:
+      assert r['ratio'] == pytest.approx(r['maps_per_s'] / expected) and r['reference_threads'] == 2

@@ -23,7 +23,7 @@ from jax.sharding import AbstractDevice, AbstractMesh
 from zfnet_jax import config_lib, parallel
 from conftest import config_path
 from zfnet_jax.data import augment
-from zfnet_jax.interpret import correspondence, deconvnet, invariance, occlusion, topk
+from zfnet_jax.interpret import attribution, correspondence, deconvnet, invariance, occlusion, sanity, topk
 from zfnet_jax.model import network
 from zfnet_jax.training import evaluation, optim, steps
 
@@ -109,6 +109,17 @@ def interpret_case(mesh, name: str):
   if name == 'correspondence':
     fn = functools.partial(correspondence.correspondence, model)
     return over_mesh(mesh, fn, ('copies', 'data', 'data')), (params, images, spec((BATCH, 4), jnp.int32))
+  if name == 'attribution':  # every method of the engine, class targets, images split over the mesh
+    def maps(params, images, classes):
+      targets = attribution.Targets(classes, jnp.zeros_like(classes), jnp.zeros_like(classes))
+      return tuple(attribution.attribute(model.arch, params, images, targets, 'logits', m, steps=4, samples=4)
+                   for m in (*attribution.METHODS, attribution.Rules(False, False, True)))
+    return over_mesh(mesh, maps, ('copies', 'data', 'data')), (params, images, spec((BATCH,), jnp.int32))
+  if name == 'selectivity':
+    fn = lambda params, images, units, key: sanity.selectivity_maps(  # noqa: E731
+        model.arch, params, images, 'layer3', attribution.CUBE['deconvnet'], units, key)
+    return (over_mesh(mesh, fn, ('copies', 'copies', 'copies', 'copies')),
+            (params, images, spec((4,), jnp.int32), spec((), jax.random.key(0).dtype)))
   raise KeyError(name)
 
 
@@ -120,7 +131,7 @@ CASES = {
     'eval_10_crops': functools.partial(eval_case, crops=10),
     **{name: functools.partial(interpret_case, name=name) for name in (
         'augment_inception', 'deconv_record', 'deconv_project', 'topk_update', 'occlusion', 'invariance_rotation',
-        'correspondence')},
+        'correspondence', 'attribution', 'selectivity')},
 }
 
 

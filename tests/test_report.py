@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import digits_config, random_params
 from zfnet_jax import visualize
 from zfnet_jax.data import pipeline
-from zfnet_jax.interpret import report, site, topk
+from zfnet_jax.interpret import report, sanity, site, topk
 from zfnet_jax.model import network
 from zfnet_jax.training import checkpointing
 
@@ -84,6 +84,36 @@ def test_rebuild_reuses_parts_with_the_same_options(digits_report):
   changed = build_site(config, workdir, out, layers=(2,), k=4)
   assert os.stat(sheet).st_mtime_ns != before and changed['layers'][2]['k'] == 4
   build_site(config, workdir, out)  # back to k=9 for the browser test
+
+
+def test_sanity_page_and_each_units_selectivity(digits_report):
+  """`--sanity_images 2` on the built report (the layer parts reused): the sanity data hold every method's
+  cascading and independent rows over every layer from the logits down and its random-class row; each layer's
+  per-unit selectivity is `sanity.selectivity`'s and shows on its unit on the layer page; sanity.html draws the
+  curves and the random-class table."""
+  config, workdir, out, _ = digits_report
+  data = build_site(config, workdir, out, sanity_images=2)
+  model, params, _ = checkpointing.load_params(config, workdir)
+  order = list(sanity.top_down(model.arch))
+  rows = data['sanity']['rows']
+  assert data['sanity']['images'] == 2
+  for method in report.SANITY_METHODS:
+    for test in ('cascading', 'independent'):
+      assert [r['layers'] for r in rows if r['test'] == test and r['method'] == method] == order, (method, test)
+    assert [r['method'] for r in rows if r['test'] == 'random_class'] == list(report.SANITY_METHODS)
+  assert all(np.isfinite([r[k] for k in sanity.METRICS]).all() for r in rows)
+  images = pipeline.first_images(config, data['split'], lambda i, label: True, 2)[0]
+  want = [r['selectivity'] for r in sanity.selectivity(model.arch, params, images, 2)]
+  got = data['layers'][2]['selectivity']
+  assert len(got) == len(want) and any(v is not None for v in got)
+  np.testing.assert_allclose([np.nan if v is None else v for v in got], want, rtol=1e-6)
+  page = open(os.path.join(out, 'layer2.html')).read()
+  for u, v in enumerate(got):
+    section = page.split(f'id="unit-{u}"')[1].split('</section>')[0]
+    assert (f' | selectivity {v:.2f}</p>' in section) if v is not None else (' | selectivity' not in section), u
+  sanity_html = open(os.path.join(out, 'sanity.html')).read()
+  assert sanity_html.count('<svg') == 8 and all(f'<td>{m}</td>' in sanity_html for m in report.SANITY_METHODS)
+  build_site(config, workdir, out)  # back to the report without sanity checks for the browser test
 
 
 def _open_pages(out: str, expected_units: dict[int, int]) -> None:

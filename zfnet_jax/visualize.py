@@ -230,14 +230,15 @@ def run_attribute(args, config, run: report.Run, write: figures.Writer) -> None:
   for name in methods:
     method = _method(name)
     if name == 'gradcam' or args.layer is None:
-      layer = f'layer{args.layer}' if name == 'gradcam' and args.layer is not None else 'logits'
+      layer = 'logits'
       targets = attribution.Targets(*(jnp.asarray([v], jnp.int32) for v in (classes, 0, 0)))
     else:
       y, x = args.position if args.position else (-1, -1)
       layer, targets = f'layer{args.layer}', attribution.Targets(*(jnp.asarray([v], jnp.int32)
                                                                   for v in (args.channel, y, x)))
+    cam = f'layer{args.layer}' if name == 'gradcam' and args.layer is not None else None
     maps[name] = np.asarray(attribution.attribute(arch, run.params, images, targets, layer, method, steps=args.steps,
-                                                  baseline=baseline))[0]
+                                                  baseline=baseline, cam=cam))[0]
     np.save(write.path(f'{name}.npy'), maps[name])
     write.figure(f'{name}.png', figures.attribution_figure(image, {name: maps[name]}, config, source))
   what = (f'class {classes}' if args.layer is None else f'layer {args.layer}, map {args.channel}'

@@ -17,9 +17,13 @@ LRN's backward is its true vjp where the mask is on (the gradient family) and th
 there).
 
 On top: `gradient_x_input`, `integrated_gradients`, `smoothgrad` (of the gradient) and `gradcam` (at a conv
-layer). A target is a class logit (`layer='logits'`), one unit (a conv layer, channel, row, column; or an fc
-layer's unit) or a whole conv map (`y < 0`: the map's own values sent down, as the deconvnet projects a map).
-All functions are pure and jittable (`arch`, `layer`, `method` static) and vmapped over (image, target) pairs.
+layer, of any target after it). Integrated gradients and SmoothGrad send their N copies of an image down as one
+batch by one vjp, from conv1's output before its bias: conv1 is linear, so the path's conv1 outputs are the path
+between two of them, and the mean of N transposes is one transpose of the mean.
+A target is a class logit (`layer='logits'`), one unit (a conv layer, channel, row, column; or an fc layer's
+unit) or a whole conv map (`y < 0`: the map's own values sent down, as the deconvnet projects a map).
+All functions are pure and jittable (`arch`, `layer`, `method` static) and vmapped over (image, target) pairs;
+they compute in the images' dtype (bfloat16 images: bfloat16 maps, the classifier in float32 as `network.ConvNet`).
 """
 from __future__ import annotations
 
@@ -103,15 +107,20 @@ def _lrn(arch: network.Architecture, rules: Rules, x: jax.Array) -> jax.Array:
 
 
 def stages(arch: network.Architecture, params: Any, rules: Rules) -> list[tuple[str, Callable]]:
-  """The forward pass as `[(name, f)]`: 'layer1'.. (conv then fc, as `network.Forward.layers`), then 'logits';
-  each `f` maps the previous stage's output to its own (`[B, H, W, C]` / `[B, F]`) with `rules`' backward."""
+  """The forward pass as `[(name, f)]`: 'conv1' (the first conv without its bias: the only part of the network
+  that is linear in the image), 'layer1'.. (conv then fc, as `network.Forward.layers`), then 'logits'; each `f`
+  maps the previous stage's output to its own (`[B, H, W, C]` / `[B, F]`) with `rules`' backward. Computed in the
+  images' dtype (parameters cast to it), the classifier in float32, as `network.ConvNet`."""
   relu = _relu(rules)
   pool = _pool(rules, arch.pool_window, arch.pool_stride, arch.pool_ceil)
+  cast = lambda p, x: jax.tree_util.tree_map(lambda v: v.astype(x.dtype), p)  # noqa: E731
 
-  def conv(c, x):
-    p = params[c.name]
-    x = relu(lax.conv_general_dilated(x, p['kernel'], (c.stride, c.stride), [(c.padding, c.padding)] * 2,
-                                      dimension_numbers=network.CONV_DIMS) + p['bias'])
+  def linear(c, x):
+    return lax.conv_general_dilated(x, cast(params[c.name]['kernel'], x), (c.stride, c.stride),
+                                    [(c.padding, c.padding)] * 2, dimension_numbers=network.CONV_DIMS)
+
+  def after_linear(c, x):
+    x = relu(x + cast(params[c.name]['bias'], x))
     if c.lrn and (arch.lrn_position == 'before_pool' or not c.pool):
       x = _lrn(arch, rules, x)
     if c.pool:
@@ -120,12 +129,14 @@ def stages(arch: network.Architecture, params: Any, rules: Rules) -> list[tuple[
         x = _lrn(arch, rules, x)
     return x
 
-  out = [(f'layer{c.layer}', functools.partial(conv, c)) for c in arch.convs]
+  first, *rest = arch.convs
+  out = [(first.name, functools.partial(linear, first)), ('layer1', functools.partial(after_linear, first))]
+  out += [(f'layer{c.layer}', lambda x, c=c: after_linear(c, linear(c, x))) for c in rest]
   for i, (n, _) in enumerate(arch.fcs):
     flatten = i == 0
     out.append((f'layer{n}', lambda x, n=n, flatten=flatten: relu(network.dense(
-        params[f'fc{n}'], x.reshape(x.shape[0], -1) if flatten else x))))
-  out.append(('logits', lambda x: network.dense(params['fc8'], x.reshape(x.shape[0], -1))))
+        cast(params[f'fc{n}'], x), x.reshape(x.shape[0], -1) if flatten else x))))
+  out.append(('logits', lambda x: network.dense(params['fc8'], x.reshape(x.shape[0], -1).astype(jnp.float32))))
   return out
 
 
@@ -167,13 +178,28 @@ def score(arch: network.Architecture, params: Any, images: jax.Array, targets: T
       out, targets)
 
 
-def gradcam(arch: network.Architecture, params: Any, image: jax.Array, target: Targets, conv: str) -> jax.Array:
-  """Grad-CAM (Selvaraju et al.) of a class at conv layer `conv` (e.g. 'layer5'): `[h, w, 1]` at that layer's
-  resolution, ReLU(sum_c mean_hw(d logit / d A_c) * A_c)."""
+def _mean_gradient(arch: network.Architecture, params: Any, image: jax.Array, copies: jax.Array, target: Targets,
+                   layer: str) -> jax.Array:
+  """The mean over `copies` `[N, H, W, F]` (conv1's outputs before its bias, of N inputs near `image` `[S, S, C]`)
+  of the target's gradient, by one vjp of the N copies as a batch, sent through conv1 to the image once: conv1
+  is linear, so the mean of its transposes is the transpose of the mean (integrated gradients and SmoothGrad).
+  Returns `[S, S, C]`."""
+  rules = CUBE['gradient']
+  out, vjp = jax.vjp(lambda z: run(arch, params, z, rules, start=arch.convs[0].name, stop=layer), copies)
+  mean = jnp.mean(vjp(jax.vmap(_cotangent, (0, None))(out, target))[0], axis=0)
+  conv1 = jax.linear_transpose(lambda v: run(arch, params, v[None], rules, stop=arch.convs[0].name)[0], image)
+  return conv1(mean)[0]
+
+
+def gradcam(arch: network.Architecture, params: Any, image: jax.Array, target: Targets, conv: str,
+            layer: str = 'logits') -> jax.Array:
+  """Grad-CAM (Selvaraju et al.) at conv layer `conv` (e.g. 'layer4') of a target at `layer` after it (a class at
+  'logits', or a unit or whole map of a later layer): `[h, w, 1]` at `conv`'s resolution,
+  ReLU(sum_c mean_hw(d target / d A_c) * A_c)."""
   rules = CUBE['gradient']
   acts = run(arch, params, image[None], rules, stop=conv)
-  logits, vjp = jax.vjp(lambda a: run(arch, params, a, rules, start=conv)[0], acts)
-  grads = vjp(_cotangent(logits, target))[0][0]
+  out, vjp = jax.vjp(lambda a: run(arch, params, a, rules, start=conv, stop=layer)[0], acts)
+  grads = vjp(_cotangent(out, target))[0][0]
   return jax.nn.relu(jnp.sum(jnp.mean(grads, axis=(0, 1)) * acts[0], axis=-1, keepdims=True))
 
 
@@ -187,17 +213,18 @@ def gradcam_layer(arch: network.Architecture) -> str:
 
 def attribute(arch: network.Architecture, params: Any, images: jax.Array, targets: Targets, layer: str = 'logits',
               method: str | Rules = 'gradient', steps: int = 32, baseline: float | jax.Array = 0.0,
-              samples: int = 16, noise: float = 0.15, key: jax.Array | None = None) -> jax.Array:
-  """Maps `[B, H, W, C]` for `[B, H, W, C]` images and `[B]` targets (Grad-CAM: `[B, h, w, 1]` at conv `layer`,
-  whose class is `targets.channel`). Raw values, before any display scaling.
+              samples: int = 16, noise: float = 0.15, key: jax.Array | None = None,
+              cam: str | None = None) -> jax.Array:
+  """Maps `[B, H, W, C]` for `[B, H, W, C]` images and `[B]` targets (Grad-CAM: `[B, h, w, 1]` at conv layer
+  `cam`). Raw values, before any display scaling.
 
   Args:
-    layer: where the targets live: 'logits' (a class), 'layer{n}'; for 'gradcam' the conv layer of the map
-      ('logits': `gradcam_layer(arch)`).
+    layer: where the targets live: 'logits' (a class), 'layer{n}' (a unit or whole map).
     method: a name of `METHODS` or a point `Rules(...)` of the cube.
     steps: integrated gradients' Riemann steps (midpoints) from `baseline` (a scalar or `[H, W, C]`) to the image.
     samples, noise, key: smoothgrad's noisy copies, its noise's std as a fraction of each image's value range,
       and its random key (default `jax.random.key(0)`).
+    cam: Grad-CAM's conv layer, before `layer` (default `gradcam_layer(arch)`).
   """
   if isinstance(method, Rules) or method in CUBE:
     rules = method if isinstance(method, Rules) else CUBE[method]
@@ -209,18 +236,20 @@ def attribute(arch: network.Architecture, params: Any, images: jax.Array, target
     alphas = (jnp.arange(steps, dtype=images.dtype) + 0.5) / steps
     def one(image, target):
       base = jnp.broadcast_to(jnp.asarray(baseline, image.dtype), image.shape)
-      path = base + alphas[:, None, None, None] * (image - base)
-      return (image - base) * jnp.mean(jax.vmap(lambda p: grad(p, target))(path), axis=0)
+      ends = run(arch, params, jnp.stack([base, image]), CUBE['gradient'], stop=arch.convs[0].name)
+      path = ends[0] + alphas[:, None, None, None] * (ends[1] - ends[0])  # conv1 is linear: its path is the path
+      return (image - base) * _mean_gradient(arch, params, image, path, target, layer)
     return jax.vmap(one)(images, targets)
   if method == 'smoothgrad':
     keys = jax.random.split(jax.random.key(0) if key is None else key, images.shape[0])
     def one(image, target, k):
       sigma = noise * (jnp.max(image) - jnp.min(image))
       noisy = image + sigma * jax.random.normal(k, (samples, *image.shape), image.dtype)
-      return jnp.mean(jax.vmap(lambda p: grad(p, target))(noisy), axis=0)
+      path = run(arch, params, noisy, CUBE['gradient'], stop=arch.convs[0].name)
+      return _mean_gradient(arch, params, image, path, target, layer)
     return jax.vmap(one)(images, targets, keys)
   if method == 'gradcam':
-    conv = layer if layer != 'logits' else gradcam_layer(arch)
-    return jax.vmap(lambda i, t: gradcam(arch, params, i, t, conv))(images, targets)
+    conv = cam or gradcam_layer(arch)
+    return jax.vmap(lambda i, t: gradcam(arch, params, i, t, conv, layer))(images, targets)
   raise ValueError(f'unknown attribution method {method!r}: use one of {METHODS} or a Rules(mask, switches, '
                    f'rectify) point')

@@ -61,10 +61,13 @@ def _mean_similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
   return {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
 
 
-def randomised(model: network.ConvNet, params: Any, names: tuple[str, ...], seed: int) -> Any:
-  """`params` with the layers `names` (e.g. `('fc8', 'conv5')`) re-initialised by the model's own initialisers."""
-  fresh = network.init_params(model, jax.random.key(seed))
-  return {k: (fresh[k] if k in names else v) for k, v in params.items()}
+def randomised(model: network.ConvNet, params: Any, names: tuple[str, ...], seed: int, fresh: Any = None) -> Any:
+  """`params` with the layers `names` (e.g. `('fc8', 'conv5')`) re-initialised by the model's own initialisers
+  (`fresh`: those drawn already, `network.init_params(model, key(seed))`), each placed as the layer it replaces
+  (so a jitted map of them compiles once, whichever layers are fresh)."""
+  fresh = network.init_params(model, jax.random.key(seed)) if fresh is None else fresh
+  like = lambda new, old: jax.device_put(new, old.sharding) if getattr(old, 'committed', False) else new  # noqa: E731
+  return {k: (jax.tree_util.tree_map(like, fresh[k], v) if k in names else v) for k, v in params.items()}
 
 
 def top_down(arch: network.Architecture) -> tuple[str, ...]:
@@ -72,9 +75,11 @@ def top_down(arch: network.Architecture) -> tuple[str, ...]:
   return ('fc8', *(f'fc{n}' for n, _ in reversed(arch.fcs)), *(c.name for c in reversed(arch.convs)))
 
 
+@functools.lru_cache(maxsize=None)
 def mapper(arch: network.Architecture, steps: int = 16, samples: int = 8) -> Callable[..., np.ndarray]:
   """`maps(params, images, classes, method) -> [B, S, S, C]` numpy maps of the class logits, jitted per method
-  (Grad-CAM at `attribution.gradcam_layer`, resized to the image for comparison)."""
+  (Grad-CAM at `attribution.gradcam_layer`, resized to the image for comparison); one per (arch, steps, samples),
+  so every test of a run shares its compiled maps."""
   @functools.partial(jax.jit, static_argnums=3)
   def maps(params, images, classes, method):
     zeros = jnp.zeros_like(classes)
@@ -103,17 +108,19 @@ def randomisation(model: network.ConvNet, params: Any, images: np.ndarray, metho
   images = jnp.asarray(images)
   classes = predicted(model, params, images)
   order = top_down(model.arch)
-  rows, cascade = [], {}
-  for method in methods:
-    original = maps(params, images, classes, method)
-    cascade[method] = {'original': original}
-    for i, name in enumerate(order):
-      for test, names in (('cascading', order[:i + 1]), ('independent', (name,))):
-        changed = maps(randomised(model, params, names, seed + i), images, classes, method)
-        rows.append({'test': test, 'method': method, 'layers': name, **_mean_similarity(original, changed)})
+  cascade = {m: {'original': maps(params, images, classes, m)} for m in methods}
+  rows = []
+  for i, name in enumerate(order):  # each layer's fresh weights drawn once, for every method
+    fresh = network.init_params(model, jax.random.key(seed + i))
+    for test, names in (('cascading', order[:i + 1]), ('independent', (name,))):
+      changed_params = randomised(model, params, names, seed + i, fresh)
+      for method in methods:
+        changed = maps(changed_params, images, classes, method)
+        rows.append({'test': test, 'method': method, 'layers': name,
+                     **_mean_similarity(cascade[method]['original'], changed)})
         if test == 'cascading':
           cascade[method][name] = changed
-  return rows, cascade
+  return sorted(rows, key=lambda r: methods.index(r['method'])), cascade
 
 
 def random_class(model: network.ConvNet, params: Any, images: np.ndarray, methods: tuple[str, ...] = DEFAULT_METHODS,
@@ -163,7 +170,7 @@ def _send_down(arch, params, image, layer, rules, position, signal):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _selectivity_maps(arch, params, images, layer, rules, units, key):
+def selectivity_maps(arch, params, images, layer, rules, units, key):
   """For each unit's strongest activation over `images`: the projections of (unit, random other channel,
   |noise| over all channels) at its place, `3 x [U, S, S, C]`, and the unit's strongest value `[U]`."""
   acts = attribution.run(arch, params, images, attribution.CUBE['gradient'], stop=layer)  # [B, H, W, C]
@@ -189,7 +196,7 @@ def selectivity(arch: network.Architecture, params: Any, images: np.ndarray, lay
   (0: the picture does not depend on the unit; units that never fire get NaN)."""
   c = {s.layer: s.features for s in arch.convs}[layer]
   units = np.arange(c) if units is None else np.asarray(units)
-  unit, other, noise, value = map(np.asarray, _selectivity_maps(arch, params, jnp.asarray(images), f'layer{layer}',
+  unit, other, noise, value = map(np.asarray, selectivity_maps(arch, params, jnp.asarray(images), f'layer{layer}',
                                                                 rules, jnp.asarray(units), jax.random.key(seed)))
   rows = []
   for i, u in enumerate(units):
