@@ -102,10 +102,12 @@ def _lrn(arch: network.Architecture, rules: Rules, x: jax.Array) -> jax.Array:
   return normalised if rules.mask else x + lax.stop_gradient(normalised - x)
 
 
-def stages(arch: network.Architecture, params: Any, rules: Rules) -> list[tuple[str, Callable]]:
+def stages(arch: network.Architecture, params: Any, rules: Rules,
+           relu: Callable[[jax.Array], jax.Array] | None = None) -> list[tuple[str, Callable]]:
   """The forward pass as `[(name, f)]`: 'layer1'.. (conv then fc, as `network.Forward.layers`), then 'logits';
-  each `f` maps the previous stage's output to its own (`[B, H, W, C]` / `[B, F]`) with `rules`' backward."""
-  relu = _relu(rules)
+  each `f` maps the previous stage's output to its own (`[B, H, W, C]` / `[B, F]`) with `rules`' backward (every
+  ReLU's with `relu`'s instead when given: feature visualisation's redirected ReLU)."""
+  relu = relu or _relu(rules)
   pool = _pool(rules, arch.pool_window, arch.pool_stride, arch.pool_ceil)
 
   def conv(c, x):
@@ -130,13 +132,13 @@ def stages(arch: network.Architecture, params: Any, rules: Rules) -> list[tuple[
 
 
 def run(arch: network.Architecture, params: Any, x: jax.Array, rules: Rules, start: str | None = None,
-        stop: str = 'logits') -> jax.Array:
-  """The stages after `start` (None: the images) up to and including `stop`."""
+        stop: str = 'logits', relu: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+  """The stages after `start` (None: the images) up to and including `stop` (`relu`: as `stages`)."""
   names = [n for n, _ in stages(arch, params, rules)]
   if stop not in names:
     raise ValueError(f'no layer {stop!r} in this network: it has {names}')
   begin = 0 if start is None else names.index(start) + 1
-  for _, f in stages(arch, params, rules)[begin:names.index(stop) + 1]:
+  for _, f in stages(arch, params, rules, relu)[begin:names.index(stop) + 1]:
     x = f(x)
   return x
 
