@@ -80,3 +80,37 @@ def test_sharded_over_8_devices_equals_1_device_in_chunks_with_units_not_dividin
   np.testing.assert_array_equal(eight.pixels, one.pixels)
   np.testing.assert_array_equal(eight.activation, one.activation)
   np.testing.assert_array_equal(eight.pixels[0], eight.pixels[10])
+
+
+def test_warp_is_the_bilinear_resampling_it_describes():
+  """Scale and jitters are exactly scipy's bilinear resampling of the map they describe; with the rotation (three
+  band-limited shears), close to it on a smooth image."""
+  from scipy import ndimage
+  size = 48
+  yy, xx = np.mgrid[:size, :size]
+  image = (0.5 + 0.4 * np.sin(yy / 5.0) * np.cos(xx / 7.0 + 0.3)).astype(np.float32)
+  t1, t2, s = np.asarray([[1.3, -0.7]]), np.asarray([[0.4, 0.6]]), np.asarray([1.07])
+  c = (size - 1) / 2
+  for alpha, atol in ((0.0, 1e-5), (np.deg2rad(8.0), 0.02), (np.deg2rad(-9.0), 0.02)):
+    out = featurevis.warp(*(jnp.asarray(a, jnp.float32) for a in (image[None, :, :, None], t1, t2, s, [alpha])))
+    rotation = np.asarray([[np.cos(alpha), -np.sin(alpha)], [np.sin(alpha), np.cos(alpha)]])
+    source = np.einsum('ij,jyx->iyx', rotation, np.stack([yy - c, xx - c]) + t2[0][:, None, None])
+    expected = ndimage.map_coordinates(image, source / s[0] + t1[0][:, None, None] + c, order=1, cval=0.5)
+    np.testing.assert_allclose(np.asarray(out)[0, 6:-6, 6:-6, 0], expected[6:-6, 6:-6], atol=atol)
+
+
+def test_a_vertical_edge_unit_asks_for_a_vertical_edge():
+  """Layer 1 without its pool, unit 0 a hand-made vertical-edge filter: the centre neuron's optimised receptive
+  field correlates with the filter and not with its transpose (a horizontal edge)."""
+  config = config_lib.load(config_path('digits'), {**TINY, 'model.pool_layers': (2, 5)})
+  model = network.create_model(config)
+  edge = np.zeros((7, 7), np.float32)
+  edge[:, :3], edge[:, 4:] = -1, 1
+  kernel = np.zeros((7, 7, 1, 8), np.float32)
+  kernel[:, :, 0, 0] = edge / np.abs(edge).sum()
+  params = {**random_params(model), 'conv1': {'kernel': jnp.asarray(kernel), 'bias': jnp.zeros(8)}}
+  result = featurevis.optimise(model, params, config, 1, [0], objective='neuron', steps=16)
+  centre = model.arch.map_sizes()['conv1'][0] // 2 * 2 - 3  # stride 2, padding 3: the window's first row
+  window = result.inputs[0, 0, centre:centre + 7, centre:centre + 7, 0]
+  corr = lambda a, b: np.corrcoef(a.ravel(), b.ravel())[0, 1]  # noqa: E731
+  assert corr(window, edge) > 0.9 and abs(corr(window, edge.T)) < 0.2

@@ -320,7 +320,9 @@ def run_report(args, config, run: report.Run) -> None:
   layer_numbers = tuple(int(v) for v in args.layers.split(',')) if args.layers else None
   data = report.build(config, out, run, max_images=args.images, layers=layer_numbers, split=args.split, k=args.k,
                       occlusion_images=args.examples, invariance_images=args.examples,
-                      sanity_images=args.sanity_images)
+                      sanity_images=args.sanity_images, featurevis_steps=args.featurevis_steps,
+                      featurevis_diversity=args.featurevis_diversity, featurevis_negative=args.featurevis_negative,
+                      featurevis_seed=args.seed)
   if data is not None:  # process 0
     site.write_site(out, data)
     print(os.path.join(out, 'index.html'))
@@ -443,6 +445,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--examples', type=int, default=3, help='images for the occlusion maps and invariance curves')
   p.add_argument('--sanity_images', type=int, default=0, help='> 0: sanity.html (randomisation and random-class '
                  'checks on this many images) and each unit\'s selectivity on its layer page')
+  p.add_argument('--featurevis_steps', type=int, default=report.FEATUREVIS_STEPS, help='optimisation steps of each '
+                 'unit\'s feature visualisation on the layer pages (layers 2 and up; --seed seeds them); 0: none')
+  p.add_argument('--featurevis_diversity', type=int, default=1, metavar='K', help='K diverse visualisations per unit')
+  p.add_argument('--featurevis_negative', action='store_true', help='also each unit\'s negative visualisation')
   return parser
 
 

@@ -437,3 +437,10 @@ def dataset_best(model: network.ConvNet, params: Any, batches: Iterable[dict[str
     if wait:
       jax.block_until_ready(best)
   return {n: np.asarray(v) for n, v in jax.device_get(best).items()}
+
+
+def beats_dataset(activation: np.ndarray, best: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """`(beats, live)`, bool `[U]` each: whether a unit's strongest visualisation (`activation` `[U, K]`) exceeds its
+  best dataset image (`best` `[U]`, `dataset_best`), and whether the unit is live (its best image > 0)."""
+  best = np.asarray(best)
+  return np.max(np.asarray(activation), axis=1) > best, best > 0
