@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import digits_config, random_params
 from zfnet_jax import visualize
 from zfnet_jax.data import pipeline
-from zfnet_jax.interpret import report, site, topk
+from zfnet_jax.interpret import featurevis, report, site, topk
 from zfnet_jax.model import network
 from zfnet_jax.training import checkpointing
 
@@ -81,9 +81,10 @@ def test_index_data_comes_from_the_run(digits_report):
 def test_rebuild_reuses_parts_with_the_same_options(digits_report):
   config, workdir, out, data = digits_report
   sheet = os.path.join(out, data['layers'][2]['sheets'][0])
-  before = os.stat(sheet).st_mtime_ns
+  visualised = os.path.join(out, data['layers'][2]['featurevis']['sheets'][0])
+  before, before_fv = os.stat(sheet).st_mtime_ns, os.stat(visualised).st_mtime_ns
   again = build_site(config, workdir, out)
-  assert os.stat(sheet).st_mtime_ns == before
+  assert os.stat(sheet).st_mtime_ns == before and os.stat(visualised).st_mtime_ns == before_fv
   assert again['layers'][2] == data['layers'][2]
   changed = build_site(config, workdir, out, layers=(2,), k=4)
   assert os.stat(sheet).st_mtime_ns != before and changed['layers'][2]['k'] == 4
@@ -110,6 +111,29 @@ def test_layer_data_has_each_units_feature_visualisation_against_the_datasets_be
     for s, sheet in enumerate(fv['sheets']):
       rows = min(report.UNITS_PER_SHEET, units - s * report.UNITS_PER_SHEET)
       assert Image.open(os.path.join(out, sheet)).size == (fv['width'], rows * fv['tile'])
+
+
+def test_featurevis_sheets_put_each_units_images_in_its_row(tmp_path):
+  """70 units, 2 diverse images and the negative's 2: sheet `u // 64`, row `u % 64` holds unit u's 4 images in order,
+  shrunk from 128 px to the 96-px tile (flat images, so every pixel of a tile is the image's grey)."""
+  units, k, size = 70, 2, 128
+  grey = (np.arange(units)[:, None] * 3 + np.arange(k)[None, :] * 50) % 256  # [U, K] a distinct grey per image
+
+  def result(shift):
+    pixels = np.broadcast_to(((grey + shift) % 256)[:, :, None, None, None], (units, k, size, size, 1))
+    return featurevis.Result(np.arange(units), pixels.astype(np.float32), pixels, np.ones((units, k), np.float32))
+  best = np.linspace(-1, 2, units)
+  data = report.write_featurevis(str(tmp_path), 3, [result(0), result(100)], best, -best, size)
+  side = report.FEATUREVIS_TILE
+  assert data['sheets'] == ['featurevis3_0.png', 'featurevis3_1.png'] and data['tile'] == side
+  assert data['count'] == 4 and data['width'] == 4 * (side + 1) - 1 and data['negative']
+  assert data['live'] == int(np.sum(best > 0)) and data['beats_dataset'] == [bool(1 > b) for b in best]
+  sheets = [np.asarray(Image.open(tmp_path / name)) for name in data['sheets']]
+  assert [s.shape for s in sheets] == [(64 * side, data['width'], 3), (6 * side, data['width'], 3)]
+  for u in (0, 5, 63, 64, 69):
+    row = sheets[u // 64][(u % 64) * side:(u % 64 + 1) * side]
+    for j, (shift, image) in enumerate([(0, 0), (0, 1), (100, 0), (100, 1)]):
+      assert np.all(row[:, j * (side + 1):j * (side + 1) + side] == (grey[u, image] + shift) % 256)
 
 
 def _open_pages(out: str, expected_units: dict[int, int], featurevis: bool = True) -> None:
