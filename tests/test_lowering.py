@@ -107,7 +107,8 @@ def interpret_case(mesh, name: str):
     return (over_mesh(mesh, fn, ('copies', 'data', 'data', 'copies')),
             (params, images, spec((BATCH,), jnp.int32), spec((4,), jnp.float32)))
   if name == 'featurevis_step':  # one Adam step of 8 units x 2 diverse images, split over the mesh
-    settings = featurevis.Settings(5, 'channel', False, 4, 2, 1.0, 0.05, 1.0, featurevis.REDIRECT_STEPS)
+    settings = featurevis.Settings(layer=5, objective='channel', negative=False, diversity=2, diversity_weight=1.0,
+                                   learning_rate=0.05, strength=1.0, redirect_steps=featurevis.REDIRECT_STEPS)
     programs = featurevis.jit_programs(model, settings, mesh)
     units, scalar = spec((8,), jnp.int32), spec((), jnp.int32)
     fourier, state = jax.eval_shape(programs.init, units, scalar)

@@ -7,7 +7,7 @@ unit asks for, found by gradient ascent on the image with Lucid's recipe, in pur
   it into [0, 1], i.e. pixels in [0, 255], normalised as the config's inputs are (`input_affine`).
 - Robustness: each step sees the image through fresh random transforms (`transform`): Lucid's pad, jitter (8 px),
   random scale (0.9-1.1), rotation (+-10 degrees) and jitter (4 px) at 224 px, the pixel amounts scaled to the
-  network's input size, composed into one bilinear resampling at the input size; the network's input size is
+  network's input size, composed into one resampling at the input size (`warp`); the network's input size is
   fixed (its fc layers), so the pad is the grey that fills wherever the transforms uncover the image. Strength
   0 is the identity.
 - Objectives (`OBJECTIVES`): a conv unit's map mean (`channel`), its map's centre (`neuron`; on an fc layer both
@@ -61,15 +61,15 @@ FOURIER_DIVISOR = 4.0  # Lucid scales the inverse FFT's image down by 4
 # Lucid's square root of ImageNet's colour correlation (RGB rows), columns normalised by the largest column norm
 COLOUR_CORRELATION_SQRT = np.asarray([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], np.float32)
 ACTIVATION_BYTES = 4 * 6  # per float of a conv map, per image and step: forward, pre-pool, backward, transforms...
-CHUNK_BYTES = 2 ** 30  # default memory for one chunk's activations per device
+CHUNK_BYTES = 2 ** 30  # memory for one chunk's activations per device where the device does not say its own
+CHUNK_SHARE = 0.25  # of a device's memory (GPU, TPU: `memory_stats`) for one chunk's activations
 
 
 class Settings(NamedTuple):
-  """What one compiled optimisation is built for (static)."""
+  """What one optimisation's programs are built for (static; not the number of steps, looped outside them)."""
   layer: int  # conv 1-5, fc 6-7 or CLASS_LAYER
   objective: str  # one of OBJECTIVES
   negative: bool
-  steps: int
   diversity: int  # K images per unit
   diversity_weight: float
   learning_rate: float
@@ -253,14 +253,18 @@ def diversity_layer(arch: network.Architecture, layer: int) -> int:
   return layer if layer in convs else convs[-1]
 
 
-def objective_values(outputs: jax.Array, units: jax.Array, objective: str, negative: bool) -> jax.Array:
-  """The objective `[N]` of each output (`[N, h, w, C]` a conv map, `[N, F]` fc units or logits) for its unit
-  `units` (`[N]`)."""
+def unit_values(outputs: jax.Array, objective: str, negative: bool) -> jax.Array:
+  """Every unit's objective `[N, C]` in each output (`[N, h, w, C]` a conv map: its mean, or its centre for
+  `neuron`; `[N, F]` fc units or logits as they are), negated with `negative`."""
   if outputs.ndim == 4:
     h, w = outputs.shape[1:3]
     outputs = outputs[:, h // 2, w // 2] if objective == 'neuron' else jnp.mean(outputs, axis=(1, 2))
-  value = jnp.take_along_axis(outputs, units[:, None], axis=1)[:, 0]
-  return -value if negative else value
+  return -outputs if negative else outputs
+
+
+def objective_values(outputs: jax.Array, units: jax.Array, objective: str, negative: bool) -> jax.Array:
+  """The objective `[N]` of each output (as `unit_values`) for its unit `units` (`[N]`)."""
+  return jnp.take_along_axis(unit_values(outputs, objective, negative), units[:, None], axis=1)[:, 0]
 
 
 def diversity_penalty(maps: jax.Array, k: int) -> jax.Array:
@@ -377,11 +381,14 @@ def check_target(arch: network.Architecture, layer: int, objective: str) -> int:
   return widths[layer]
 
 
-def default_chunk(arch: network.Architecture, k: int) -> int:
-  """Units per device per compiled call: as many as `CHUNK_BYTES` of activations hold (at least 1)."""
+def default_chunk(arch: network.Architecture, k: int, device: Any = None) -> int:
+  """Units per device per compiled call: as many as `CHUNK_SHARE` of `device`'s memory holds where it reports its
+  size (`memory_stats()['bytes_limit']`: GPUs, TPUs), else `CHUNK_BYTES` (at least 1)."""
   floats = sum(c.features * conv_out ** 2 for c, (conv_out, _) in zip(arch.convs, arch.map_sizes().values()))
   floats += arch.image_size ** 2 * arch.in_channels * 4
-  return max(1, CHUNK_BYTES // (ACTIVATION_BYTES * floats * k))
+  limit = ((device.memory_stats() if device is not None else None) or {}).get('bytes_limit')
+  budget = int(limit * CHUNK_SHARE) if limit else CHUNK_BYTES
+  return max(1, budget // (ACTIVATION_BYTES * floats * k))
 
 
 def optimise(model: network.ConvNet, params: Any, config: ml_collections.ConfigDict, layer: int,
@@ -406,9 +413,9 @@ def optimise(model: network.ConvNet, params: Any, config: ml_collections.ConfigD
   offset, scale = input_affine(config, arch.in_channels, pixel_mean)
   mesh = mesh or parallel.make_mesh(jax.local_devices())
   devices = mesh.devices.size
-  calls = -(-len(units) // (devices * (chunk or default_chunk(arch, diversity))))
+  calls = -(-len(units) // (devices * (chunk or default_chunk(arch, diversity, mesh.devices.flat[0]))))
   per_call = devices * -(-len(units) // (devices * calls))  # balanced: the last call pads at most devices - 1 units
-  settings = Settings(int(layer), objective, bool(negative), int(steps), int(diversity), float(diversity_weight),
+  settings = Settings(int(layer), objective, bool(negative), int(diversity), float(diversity_weight),
                       float(learning_rate), float(strength), int(redirect_steps))
   programs = jit_programs(model, settings, mesh)
   replicated = parallel.replicated(mesh)
@@ -442,11 +449,7 @@ def _jitted_best(model: network.ConvNet, layers: tuple[int, ...], objective: str
     outputs = network.forward(model, params, images)
     new = {}
     for n in layers:
-      out = outputs.logits if n == CLASS_LAYER else outputs.layers[f'layer{n}']
-      if out.ndim == 4:
-        h, w = out.shape[1:3]
-        out = out[:, h // 2, w // 2] if objective == 'neuron' else jnp.mean(out, axis=(1, 2))
-      out = -out if negative else out
+      out = unit_values(outputs.logits if n == CLASS_LAYER else outputs.layers[f'layer{n}'], objective, negative)
       new[n] = jnp.maximum(best[n], jnp.max(jnp.where(mask[:, None] > 0, out, -jnp.inf), axis=0))
     return new
   return jax.jit(update)
