@@ -438,7 +438,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--diversity', type=int, default=1, metavar='K', help='K images per unit, made different by '
                  'Lucid\'s Gram-matrix diversity term')
   p.add_argument('--diversity_weight', type=float, default=featurevis.DIVERSITY_WEIGHT, help='the diversity term\'s '
-                 'weight')
+                 'weight against the objective (absolute, as Lucid\'s: lower it for units whose objective is small)')
   p.add_argument('--learning_rate', type=float, default=0.05, help='Adam\'s learning rate (Lucid: 0.05)')
   p.add_argument('--compare', action='store_true', help='also each unit\'s best value of the objective over the '
                  'split\'s images (--max_images), in activations.csv/json')

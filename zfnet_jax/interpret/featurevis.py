@@ -54,7 +54,8 @@ ROTATE = 10.0  # degrees, in [-ROTATE, ROTATE]
 PAD_VALUE = 0.5  # grey: what the transforms uncover (Lucid pads with it)
 # The diversity term's weight against the objective (Adam makes only their ratio matter). Lucid's tutorials use 1e2
 # on InceptionV1; on the digits network (objectives ~1-15) 1e2 wipes out the objective, and 1 halves the correlation
-# between a unit's K images (0.58 -> 0.28, layer 3) for ~10% of the objective.
+# between a unit's K images (0.58 -> 0.28, layer 3) for ~10% of the objective. The weight is absolute, as Lucid's:
+# a unit whose objective stays well below it (map means under ~1 here) is pushed towards 0; lower it for such units.
 DIVERSITY_WEIGHT = 1.0
 INIT_STD = 0.01  # Lucid's initial Fourier coefficients
 FOURIER_DIVISOR = 4.0  # Lucid scales the inverse FFT's image down by 4

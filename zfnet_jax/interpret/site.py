@@ -165,11 +165,13 @@ def featurevis_note(layer: dict[str, Any]) -> str:
   fv = layer.get('featurevis')
   if not fv:
     return ''
-  what = (f'{fv["diversity"]} diverse images' if fv['diversity'] > 1 else 'the image') + (
-      ' and the negative\'s (the map mean minimised)' if fv['negative'] else '')
-  return (f'<p>Left of each unit\'s top {layer["k"]}: {what} that maximise its map mean, found by optimisation '
-          f'(Olah et al. 2017, Lucid\'s recipe). For {fv["live_beating"]} of the {fv["live"]} live units it beats '
-          f'every one of the {layer["images"]} images (hover for the values).</p>')
+  k = fv['diversity']
+  what = (f'{k} diverse images that maximise its map mean' if k > 1 else 'the image that maximises its map mean') + (
+      f', then {k if k > 1 else "the one"} that minimise{"" if k > 1 else "s"} it (the negative)' if fv['negative']
+      else '')
+  return (f'<p>Left of each unit\'s top {layer["k"]}: {what}, found by optimisation (Olah et al. 2017, Lucid\'s '
+          f'recipe). For {fv["live_beating"]} of the {fv["live"]} live units the map mean it reaches beats every one '
+          f'of the {layer["images"]} images (hover for the values).</p>')
 
 
 def layer_page(layer: dict[str, Any], split: str, layers: Sequence[int]) -> str:
