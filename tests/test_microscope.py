@@ -81,7 +81,7 @@ def _report(tfds_dir, workdir, out, processes):
          'TF_CPP_MIN_LOG_LEVEL': '2', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
   args = [sys.executable, '-m', 'zfnet_jax.visualize', 'report', '--config', config_path('digits'), '--workdir',
           workdir, '--out', out, '--images', '128', '--layers', '1,5', '--examples', '1',
-          f'--config.dataset.data_dir={tfds_dir}', '--config.eval_batch_size=32']
+          f'--config.dataset.data_dir={tfds_dir}', '--config.eval_batch_size=32', '--featurevis_steps', '4']
   procs = launch_processes(args, processes, env)
   for p in procs:
     output = p.communicate(timeout=600)[0]
@@ -102,6 +102,9 @@ def test_two_gloo_processes_give_the_layer_data_of_one(trained_digits, tfds_dir,
       from PIL import Image
       a, b = (np.asarray(Image.open(os.path.join(outs[p], sheet))) for p in (1, 2))
       assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+  one, two = (json.load(open(os.path.join(outs[p], 'layer5.json')))['featurevis'] for p in (1, 2))
+  np.testing.assert_allclose(one['dataset_best'], two['dataset_best'], rtol=1e-5)  # a pass over both processes
+  np.testing.assert_allclose(one['activation'], two['activation'], rtol=1e-3, atol=1e-3)  # process 0's 2 devices
   assert os.path.exists(os.path.join(outs[2], 'index.html'))
 
 

@@ -11,15 +11,19 @@ from PIL import Image
 from conftest import digits_config, random_params
 from zfnet_jax import visualize
 from zfnet_jax.data import pipeline
-from zfnet_jax.interpret import report, sanity, site, topk
+from zfnet_jax.interpret import featurevis, report, sanity, site, topk
 from zfnet_jax.model import network
 from zfnet_jax.training import checkpointing
 
 CHROMIUM = os.environ.get('ZFNET_CHROMIUM', '/usr/bin/chromium')
 
 
+FEATUREVIS_STEPS = 4  # the report's feature visualisations: few steps, the pages and data are what is tested
+
+
 def build_site(config, workdir, out, **options):
   run = visualize.load_run(config, workdir)  # as `visualize report` does: interpret/ reads no checkpoints
+  options.setdefault('featurevis_steps', FEATUREVIS_STEPS)
   data = report.build(config, out, run, max_images=100, occlusion_images=2, invariance_images=2, **options)
   site.write_site(out, data)
   return data
@@ -45,7 +49,7 @@ def ablated_report(tfds_dir, tmp_path_factory):
     mngr.wait_until_finished()
   mngr.close()
   out = os.path.join(workdir, 'report')
-  return config, workdir, out, build_site(config, workdir, out)
+  return config, workdir, out, build_site(config, workdir, out, featurevis_steps=0)  # the switch: none drawn
 
 
 def test_layer_data_is_the_top_k_of_every_unit(digits_report):
@@ -77,9 +81,10 @@ def test_index_data_comes_from_the_run(digits_report):
 def test_rebuild_reuses_parts_with_the_same_options(digits_report):
   config, workdir, out, data = digits_report
   sheet = os.path.join(out, data['layers'][2]['sheets'][0])
-  before = os.stat(sheet).st_mtime_ns
+  visualised = os.path.join(out, data['layers'][2]['featurevis']['sheets'][0])
+  before, before_fv = os.stat(sheet).st_mtime_ns, os.stat(visualised).st_mtime_ns
   again = build_site(config, workdir, out)
-  assert os.stat(sheet).st_mtime_ns == before
+  assert os.stat(sheet).st_mtime_ns == before and os.stat(visualised).st_mtime_ns == before_fv
   assert again['layers'][2] == data['layers'][2]
   changed = build_site(config, workdir, out, layers=(2,), k=4)
   assert os.stat(sheet).st_mtime_ns != before and changed['layers'][2]['k'] == 4
@@ -116,8 +121,54 @@ def test_sanity_page_and_each_units_selectivity(digits_report):
   build_site(config, workdir, out)  # back to the report without sanity checks for the browser test
 
 
-def _open_pages(out: str, expected_units: dict[int, int]) -> None:
-  """Opens every page of the site in headless Chromium from file:// and checks what a reader would see."""
+def test_layer_data_has_each_units_feature_visualisation_against_the_datasets_best(digits_report):
+  """Layers 2 and up: per unit the map mean its visualisation reaches and the best over the report's 100 images (as
+  a forward pass here finds it), one sprite-sheet row per unit in the layer sheets' layout; layer 1 none."""
+  config, workdir, out, data = digits_report
+  model, params, _ = checkpointing.load_params(config, workdir)
+  images = np.concatenate([b['image'][b['mask'] > 0] for b in pipeline.split_batches(config, 'test', 100)])
+  outputs = network.forward(model, params, images).layers
+  assert 'featurevis' not in data['layers'][1]
+  for n in (2, 3, 4, 5):
+    fv, units = data['layers'][n]['featurevis'], model.arch.convs[n - 1].features
+    with open(os.path.join(out, f'layer{n}.json')) as f:
+      assert json.load(f)['featurevis'] == fv
+    best = np.max(np.mean(np.asarray(outputs[f'layer{n}']), axis=(1, 2)), axis=0)
+    np.testing.assert_allclose(fv['dataset_best'], best, rtol=1e-3, atol=1e-4)
+    assert np.asarray(fv['activation']).shape == (units, 1) and fv['live'] == int(np.sum(best > 0))
+    assert fv['beats_dataset'] == [bool(a[0] > b) for a, b in zip(fv['activation'], fv['dataset_best'])]
+    assert len(fv['sheets']) == -(-units // report.UNITS_PER_SHEET)
+    for s, sheet in enumerate(fv['sheets']):
+      rows = min(report.UNITS_PER_SHEET, units - s * report.UNITS_PER_SHEET)
+      assert Image.open(os.path.join(out, sheet)).size == (fv['width'], rows * fv['tile'])
+
+
+def test_featurevis_sheets_put_each_units_images_in_its_row(tmp_path):
+  """70 units, 2 diverse images and the negative's 2: sheet `u // 64`, row `u % 64` holds unit u's 4 images in order,
+  shrunk from 128 px to the 96-px tile (flat images, so every pixel of a tile is the image's grey)."""
+  units, k, size = 70, 2, 128
+  grey = (np.arange(units)[:, None] * 3 + np.arange(k)[None, :] * 50) % 256  # [U, K] a distinct grey per image
+
+  def result(shift):
+    pixels = np.broadcast_to(((grey + shift) % 256)[:, :, None, None, None], (units, k, size, size, 1))
+    return featurevis.Result(np.arange(units), pixels.astype(np.float32), pixels, np.ones((units, k), np.float32))
+  best = np.linspace(-1, 2, units)
+  data = report.write_featurevis(str(tmp_path), 3, [result(0), result(100)], best, -best, size)
+  side = report.FEATUREVIS_TILE
+  assert data['sheets'] == ['featurevis3_0.png', 'featurevis3_1.png'] and data['tile'] == side
+  assert data['count'] == 4 and data['width'] == 4 * (side + 1) - 1 and data['negative']
+  assert data['live'] == int(np.sum(best > 0)) and data['beats_dataset'] == [bool(1 > b) for b in best]
+  sheets = [np.asarray(Image.open(tmp_path / name)) for name in data['sheets']]
+  assert [s.shape for s in sheets] == [(64 * side, data['width'], 3), (6 * side, data['width'], 3)]
+  for u in (0, 5, 63, 64, 69):
+    row = sheets[u // 64][(u % 64) * side:(u % 64 + 1) * side]
+    for j, (shift, image) in enumerate([(0, 0), (0, 1), (100, 0), (100, 1)]):
+      assert np.all(row[:, j * (side + 1):j * (side + 1) + side] == (grey[u, image] + shift) % 256)
+
+
+def _open_pages(out: str, expected_units: dict[int, int], featurevis: bool = True) -> None:
+  """Opens every page of the site in headless Chromium from file:// and checks what a reader would see; with
+  `featurevis`, one feature visualisation per unit on the pages of layers 2 and up."""
   if not os.path.exists(CHROMIUM):
     pytest.fail(f'{CHROMIUM} is missing: install Debian\'s chromium (apt-get install -y chromium), or set '
                 f'ZFNET_CHROMIUM to a Chromium binary')
@@ -136,7 +187,7 @@ def _open_pages(out: str, expected_units: dict[int, int]) -> None:
         page.goto('file://' + os.path.join(out, name), wait_until='load')
         broken = page.evaluate("""async () => {
           const urls = [...document.querySelectorAll('img')].map(i => i.src).concat(
-              [...document.querySelectorAll('.cell')].map(c => getComputedStyle(c).backgroundImage.slice(5, -2)));
+              [...document.querySelectorAll('.cell, .fv')].map(c => getComputedStyle(c).backgroundImage.slice(5, -2)));
           const widths = await Promise.all([...new Set(urls)].map(u => new Promise(done => {
               const i = new Image(); i.onload = () => done([u, i.naturalWidth]); i.onerror = () => done([u, 0]);
               i.src = u; })));
@@ -149,6 +200,9 @@ def _open_pages(out: str, expected_units: dict[int, int]) -> None:
           ids = page.eval_on_selector_all('section.unit', 'units => units.map(u => u.id)')
           n = int(name[len('layer'):-len('.html')])
           assert ids == [f'unit-{u}' for u in range(expected_units[n])]
+          visualised = page.eval_on_selector_all('section.unit',
+                                                 'units => units.map(u => u.querySelectorAll(".fv").length)')
+          assert visualised == [1 if featurevis and n >= 2 else 0] * expected_units[n]
           page.fill('#filter', str(expected_units[n] - 1))
           page.press('#filter', 'Enter')
           assert page.evaluate('location.hash') == f'#unit-{expected_units[n] - 1}'
@@ -175,5 +229,5 @@ def test_report_of_a_network_without_layers_3_4_6_7(ablated_report):
   # invariance at the first conv and the last hidden layer present: layer 1 and layer 5 (no fc hidden layers)
   assert sorted(k for k in data['invariance']['rotation'] if k.startswith('layer')) == ['layer1', 'layer5']
   assert [r['layer'] for r in data['architecture']] == [1, 2, 5, 8]
-  _open_pages(out, {1: 8, 2: 16, 5: 24})
+  _open_pages(out, {1: 8, 2: 16, 5: 24}, featurevis=False)
 

@@ -106,12 +106,14 @@ def _lrn(arch: network.Architecture, rules: Rules, x: jax.Array) -> jax.Array:
   return normalised if rules.mask else x + lax.stop_gradient(normalised - x)
 
 
-def stages(arch: network.Architecture, params: Any, rules: Rules) -> list[tuple[str, Callable]]:
+def stages(arch: network.Architecture, params: Any, rules: Rules,
+           relu: Callable[[jax.Array], jax.Array] | None = None) -> list[tuple[str, Callable]]:
   """The forward pass as `[(name, f)]`: 'conv1' (the first conv without its bias: the only part of the network
   that is linear in the image), 'layer1'.. (conv then fc, as `network.Forward.layers`), then 'logits'; each `f`
-  maps the previous stage's output to its own (`[B, H, W, C]` / `[B, F]`) with `rules`' backward. Computed in the
-  images' dtype (parameters cast to it), the classifier in float32, as `network.ConvNet`."""
-  relu = _relu(rules)
+  maps the previous stage's output to its own (`[B, H, W, C]` / `[B, F]`) with `rules`' backward (every ReLU's
+  with `relu`'s instead when given: feature visualisation's redirected ReLU). Computed in the images' dtype
+  (parameters cast to it), the classifier in float32, as `network.ConvNet`."""
+  relu = relu or _relu(rules)
   pool = _pool(rules, arch.pool_window, arch.pool_stride, arch.pool_ceil)
   cast = lambda p, x: jax.tree_util.tree_map(lambda v: v.astype(x.dtype), p)  # noqa: E731
 
@@ -141,13 +143,13 @@ def stages(arch: network.Architecture, params: Any, rules: Rules) -> list[tuple[
 
 
 def run(arch: network.Architecture, params: Any, x: jax.Array, rules: Rules, start: str | None = None,
-        stop: str = 'logits') -> jax.Array:
-  """The stages after `start` (None: the images) up to and including `stop`."""
+        stop: str = 'logits', relu: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+  """The stages after `start` (None: the images) up to and including `stop` (`relu`: as `stages`)."""
   names = [n for n, _ in stages(arch, params, rules)]
   if stop not in names:
     raise ValueError(f'no layer {stop!r} in this network: it has {names}')
   begin = 0 if start is None else names.index(start) + 1
-  for _, f in stages(arch, params, rules)[begin:names.index(stop) + 1]:
+  for _, f in stages(arch, params, rules, relu)[begin:names.index(stop) + 1]:
     x = f(x)
   return x
 
