@@ -3,7 +3,7 @@
 The top-9 job alone: `topk.stream_topk` of every conv layer over `--images` images in batches of
 `config.eval_batch_size`, then `topk.projected_chunks` of every unit's top 9 (each chunk computed and
 dropped). The report's layer pages: `report.draw_layers` (the same passes, plus each unit's top 100 and
-per-class sums, each chunk of projections drawn into the tiles as it comes), then `report.write_layer` of
+per-class sums, each chunk of projections drawn into tiles in its projection step), then `report.write_layer` of
 every layer. Each is one round with its own compilation (caches emptied between them), as a user pays it;
 `report_over_top9` is the pages' time over the job's, `report_over_top9_cpu` the same in process CPU seconds
 (what the process got: less swayed by other jobs on a shared machine). `peak_memory_bytes` is the process's max
