@@ -50,6 +50,8 @@ def test_report_timing_adds_up_over_every_unit():
   assert record['report_layers_s'] == pytest.approx(record['draw_s'] + record['sprites_s'])
   assert record['step_time_s'] == record['report_layers_s']
   assert record['report_over_top9'] == pytest.approx(record['report_layers_s'] / record['top9_job_s'])
+  assert 0 < record['report_layers_cpu_s'] == record['process_cpu_s_per_step']  # the pages' half alone
+  assert record['top9_job_cpu_s'] > 0
 
 
 @pytest.mark.skipif(not os.path.exists(os.environ.get('ZFNET_CHROMIUM', '/usr/bin/chromium')), reason='no Chromium')

@@ -306,8 +306,14 @@ def folder_config(tfds_dir, root, data_dir):
 def test_a_changed_folder_source_is_noticed_and_its_squares_kept(tfds_dir, tmp_path, monkeypatch):
   root = image_folder(tmp_path / 'images')
   config = folder_config(tfds_dir, root, tmp_path / 'data')
+  config.batch_size = 2
   b = squares.prepare(config)
   assert len(pipeline.open_split(config, 'train')) == 6
+  real, checks = squares.check_source, []
+  monkeypatch.setattr(squares, 'check_source', lambda *a: checks.append(real(*a)))
+  steps = pipeline.train_steps_per_epoch(config)  # a training run's start (loop.set_up): checked once
+  pipeline.train_batches(config)
+  assert (steps, len(checks)) == (3, 1)
   prepared = tree(b.data_dir)
   PIL.Image.new('L', (8, 8), 3).save(os.path.join(root, 'train', 'a', 'new.png'))
   message = (r"the source 'folder:.*images' changed since its squares were prepared in .* \(then: 12 files, .* bytes; "

@@ -107,16 +107,26 @@ def read_options(config: ml_collections.ConfigDict, host_batch: int) -> grain.Re
 
 def train_steps_per_epoch(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1) -> int:
   """Global batches in an epoch of the training split (prepared now on process 0 if it is not); raises
-  where the batch does not fit the split or the processes. Checks the squares against their source
-  again (`squares.prepare(recheck=True)`): each training run does, in a notebook kernel too."""
+  where the batch does not fit the split or the processes. The start of a training run (`loop.set_up` calls
+  it before anything else reads the data): checks the squares against their source again
+  (`squares.prepare(recheck=True)`), in a notebook kernel too; `train_batches` then reads them unchecked."""
+  return _train_split(config, process_index, process_count, recheck=True)[1]
+
+
+def _train_split(config: ml_collections.ConfigDict, process_index: int, process_count: int,
+                 recheck: bool = False) -> tuple[Records, int]:
+  """`(the training split's records, global batches per epoch)`, the batch checked against both; the squares
+  checked against their source again with `recheck`."""
   augment.check_config(config)
-  squares.prepare(config, process_index, recheck=True)
-  n, global_batch = len(open_split(config, config.dataset.train_split, process_index)), config.batch_size
+  if recheck:
+    squares.prepare(config, process_index, recheck=True)
+  records, global_batch = open_split(config, config.dataset.train_split, process_index), config.batch_size
   if global_batch % process_count:
     raise ValueError(f'config.batch_size={global_batch} must be a multiple of the {process_count} processes')
-  if n < global_batch:
-    raise ValueError(f'config.batch_size={global_batch} is larger than the training split ({n} examples): lower it')
-  return n // global_batch
+  if len(records) < global_batch:
+    raise ValueError(f'config.batch_size={global_batch} is larger than the training split ({len(records)} '
+                     'examples): lower it')
+  return records, len(records) // global_batch
 
 
 def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, process_index: int = 0,
@@ -127,8 +137,7 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, proces
     `{'image': uint8 [b, R, R, C], 'label': int32 [b]}`, `b = batch_size / process_count`: rows
     `[process_index * b, (process_index + 1) * b)` of global batch `start_step`, `start_step + 1`, ...
   """
-  steps_per_epoch = train_steps_per_epoch(config, process_index, process_count)
-  records = open_split(config, config.dataset.train_split, process_index)
+  records, steps_per_epoch = _train_split(config, process_index, process_count)
   n, global_batch = len(records), config.batch_size
   host_batch = global_batch // process_count
 

@@ -102,7 +102,7 @@ def draw_layers(model: network.ConvNet, params: Any, batches: Callable[[], Any],
                 mesh: Any = None) -> tuple[dict[int, LayerTiles], dict[int, list[dict]] | None]:
   """The top-k job, drawn as it goes: one `topk.stream_units` pass over `batches()` (every device of every
   process; with `num_classes`, each unit's top `CLASS_TOP` and per-class sums too), then one
-  `topk.projected_chunks` pass that shrinks each chunk of projections to display tiles at once. Memory is
+  `topk.projected_chunks` pass that shrinks each chunk of projections to display tiles in its compiled step. Memory is
   the tiles (`[units, k, side, side, 3]` uint8) and one chunk, never the full-size projections of every unit.
 
   Returns `(tiles per layer, per layer and unit the class summary)` (`classes.top_classes` plus `selectivity`;
@@ -131,11 +131,10 @@ def draw_layers(model: network.ConvNet, params: Any, batches: Callable[[], Any],
     tiles[n] = LayerTiles(tops[n], blank(), blank(), window)
   every_unit = {n: np.arange(len(t.value)) for n, t in tops.items()}
   offset, scale = display_affine(config, model.arch.in_channels, pixel_mean)
-  for part in topk.projected_chunks(model, params, batches(), tops, every_unit):
+  draw = {n: _jitted_tiles(t.window, t.patch.shape[2], offset, scale) for n, t in tiles.items()}
+  for part in topk.projected_chunks(model, params, batches(), tops, every_unit, draw=draw):
     t = tiles[part.layer]
-    draw = _jitted_tiles(t.window, t.patch.shape[2], offset, scale)
-    t.reconstruction[part.row, part.slot], t.patch[part.row, part.slot] = jax.device_get(
-        draw(part.reconstruction, part.patch))
+    t.reconstruction[part.row, part.slot], t.patch[part.row, part.slot] = part.reconstruction, part.patch
   if jax.process_count() > 1:  # each slot was drawn by the one process that holds its image
     tiles = {n: t._replace(reconstruction=np.max(multihost_utils.process_allgather(t.reconstruction), axis=0),
                            patch=np.max(multihost_utils.process_allgather(t.patch), axis=0))

@@ -140,8 +140,17 @@ def _jitted_record(model: network.ConvNet) -> Callable:
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_project(arch: network.Architecture, layer: int, chunk: int) -> Callable:
-  return jax.jit(functools.partial(deconvnet.project_patches, arch, layer=layer, chunk=chunk))
+def _jitted_project(arch: network.Architecture, layer: int, chunk: int, draw: Callable | None = None) -> Callable:
+  """`(params, switches, images, seeds) -> ((reconstructions, patches), top, left)`: `deconvnet.project_patches`
+  and the image windows the projections cover, cut from `images` `[B, S, S, C]`; with `draw`, the pair goes
+  through `draw` in the same compiled step."""
+  def step(params, switches, images, seeds):
+    proj = deconvnet.project_patches(arch, params, switches, layer, seeds, chunk)
+    side = proj.patches.shape[1]
+    cut = lambda i, t, left: lax.dynamic_slice(images[i], (t, left, 0), (side, side, images.shape[-1]))  # noqa: E731
+    pair = (proj.patches, jax.vmap(cut)(seeds.image, proj.top, proj.left))
+    return (pair if draw is None else draw(*pair)), proj.top, proj.left
+  return jax.jit(step)
 
 
 class TopKProjections(NamedTuple):
@@ -159,44 +168,45 @@ class ProjectedChunk(NamedTuple):
   layer: int
   row: np.ndarray  # [j] index into the layer's `channels`
   slot: np.ndarray  # [j] which of the unit's k
-  reconstruction: np.ndarray  # [j, R, R, C_in]
-  patch: np.ndarray  # [j, R, R, C_in] the image windows the reconstructions cover
+  reconstruction: np.ndarray  # [j, R, R, C_in] (or what `draw` makes of them)
+  patch: np.ndarray  # [j, R, R, C_in] the image windows the reconstructions cover (or what `draw` makes of them)
   window: np.ndarray  # [j, 2] (top, left)
 
 
 def projected_chunks(model: network.ConvNet, params: Any, batches: Iterable[dict[str, np.ndarray]],
-                     tops: dict[int, TopK], channels: dict[int, np.ndarray],
-                     chunk: int = 16) -> Iterator[ProjectedChunk]:
+                     tops: dict[int, TopK], channels: dict[int, np.ndarray], chunk: int = 16,
+                     draw: dict[int, Callable] | None = None) -> Iterator[ProjectedChunk]:
   """Re-reads the stream `stream_units` read (batches with `index`, or numbered in stream order) and projects
   the kept activations of the `channels` of each layer whose images this process holds, `chunk` at a time.
 
   Each batch with kept images is recorded once; seeds go `chunk` at a time (the last chunk padded with zero
-  seeds). Empty slots (value -inf) are never yielded. Memory: one batch's recording and one chunk.
+  seeds), the image windows cut in the same compiled step. With `draw` (per layer, a jittable and hashable
+  `(reconstructions, patches) -> (a, b)`, e.g. display tiles), each chunk is drawn there too, and only what
+  `draw` returns leaves the device. Empty slots (value -inf) are never yielded. Memory: one batch's
+  recording and one chunk.
   """
   rec = _jitted_record(model)
-  project = {n: _jitted_project(model.arch, n, chunk) for n in tops}
+  project = {n: _jitted_project(model.arch, n, chunk, (draw or {}).get(n)) for n in tops}
   picked = {n: TopK(*(np.asarray(f)[channels[n]] for f in top)) for n, top in tops.items()}
   seen = 0
   for batch in batches:
     size = len(batch['mask'])
     start = int(batch['index'][0]) if 'index' in batch else seen
-    recording = None
+    images = recording = None
     for n, top in picked.items():
       rows, cols = np.nonzero((top.image >= start) & (top.image < start + size) & np.isfinite(top.value))
       if recording is None and len(rows):
-        recording = rec(params, batch['image'])
+        images = jax.device_put(batch['image'])
+        recording = rec(params, images)
       for i in range(0, len(rows), chunk):
         r, c = rows[i:i + chunk], cols[i:i + chunk]
         fill = lambda a, dtype: np.pad(np.asarray(a, dtype), (0, chunk - len(r)))  # noqa: E731
         seeds = deconvnet.Seeds(fill(top.image[r, c] - start, np.int32), fill(np.asarray(channels[n])[r], np.int32),
                                 fill(top.y[r, c], np.int32), fill(top.x[r, c], np.int32),
                                 fill(top.value[r, c], np.float32))
-        proj = jax.device_get(project[n](params, recording.switches, seeds=seeds))
-        side = proj.patches.shape[1]
-        window = np.stack([proj.top[:len(r)], proj.left[:len(r)]], axis=-1).astype(np.int32)
-        patch = np.stack([batch['image'][seeds.image[j], t:t + side, left:left + side]
-                          for j, (t, left) in enumerate(window)])
-        yield ProjectedChunk(n, r, c, np.asarray(proj.patches[:len(r)]), patch, window)
+        (recon, patch), t, left = jax.device_get(project[n](params, recording.switches, images, seeds))
+        window = np.stack([t[:len(r)], left[:len(r)]], axis=-1).astype(np.int32)
+        yield ProjectedChunk(n, r, c, recon[:len(r)], patch[:len(r)], window)
     seen += size
 
 
