@@ -69,11 +69,14 @@ def test_same_seed_same_images_other_seed_other_images_and_the_stated_shapes():
   np.testing.assert_allclose(a.inputs, (a.pixels - offset) / scale, rtol=1e-5, atol=1e-5)
 
 
-def test_sharded_over_8_devices_equals_1_device_with_units_not_dividing_them():
+def test_sharded_over_8_devices_equals_1_device_in_chunks_with_units_not_dividing_them():
+  """11 units over 8 devices (padded to 16) against 1 device taking 2 units at a time: the same images, bit for bit,
+  and a unit's images depend on the unit alone. Without the transforms: their FFTs round differently by batch size,
+  and Adam's first steps (about lr * sign(gradient)) can grow such last-bit differences."""
   assert jax.device_count() == 8
-  units = (0, 1, 2, 3, 4, 5, 6, 7, 2, 1, 0)  # 11 units over 8 devices: padded, then dropped
-  eight = _run(units=units, mesh=parallel.make_mesh())
-  one = _run(units=units, mesh=parallel.make_mesh(jax.devices()[:1]))
-  np.testing.assert_allclose(eight.pixels, one.pixels, atol=1e-3)
-  np.testing.assert_allclose(eight.activation, one.activation, rtol=1e-4, atol=1e-5)
-  np.testing.assert_array_equal(eight.pixels[0], eight.pixels[10])  # a unit's image depends on the unit alone
+  units = (0, 1, 2, 3, 4, 5, 6, 7, 2, 1, 0)
+  eight = _run(units=units, mesh=parallel.make_mesh(), strength=0.0)
+  one = _run(units=units, mesh=parallel.make_mesh(jax.devices()[:1]), chunk=2, strength=0.0)
+  np.testing.assert_array_equal(eight.pixels, one.pixels)
+  np.testing.assert_array_equal(eight.activation, one.activation)
+  np.testing.assert_array_equal(eight.pixels[0], eight.pixels[10])

@@ -18,6 +18,8 @@ Commands (each reads the checkpoint in `--workdir`, writes PNGs with their raw a
                   gradient x input, integrated gradients, smoothgrad, Grad-CAM; `--method all`: side by side)
   sanity          the sanity checks (Adebayo et al., Nie et al., Mahendran & Vedaldi) on the checkpoint: CSV/JSON
                   tables, the cascading-randomisation figure and the similarity curves
+  featurevis      the image each unit asks for, by optimisation (Olah et al. 2017): images.npy, inputs.npy, a PNG
+                  grid and the objective each image reaches (activations.csv/json)
   report          a static site: every unit of every layer with its top-9 projections, and the above
                   (`OUT/index.html`, default `WORKDIR/report/`; see `interpret/report.py`)
 Images come from the evaluation split (`--index`; `--count` of class `--label`) or from files (`--image`,
@@ -43,8 +45,8 @@ import numpy as np
 
 from zfnet_jax import cli, config_lib, progress
 from zfnet_jax.data import augment, inputs, pipeline, sources, squares
-from zfnet_jax.interpret import (attribution, correspondence, evolution, figures, invariance, occlusion, projection,
-                                 report, sanity, site, topk)
+from zfnet_jax.interpret import (attribution, correspondence, evolution, featurevis, figures, invariance, occlusion,
+                                 projection, report, sanity, site, topk)
 from zfnet_jax.model import network, receptive_field
 from zfnet_jax.training import checkpointing, metric_writer
 
@@ -283,6 +285,36 @@ def run_sanity(args, config, run: report.Run, write: figures.Writer) -> None:
   print(f'sanity checks on {len(images)} images, {len(methods)} methods: {time.perf_counter() - start:.0f} s')
 
 
+def run_featurevis(args, config, run: report.Run, write: figures.Writer) -> None:
+  layer = args.layer if args.layer is not None else (featurevis.CLASS_LAYER if args.objective == 'class' else None)
+  if layer is None:
+    raise ValueError('--layer is required (a conv layer 1-5 or fc layer 6, 7; 8 with --objective class)')
+  units = [int(v) for v in args.units.split(',')] if args.units else None
+  start = time.perf_counter()
+  result = featurevis.optimise(run.model, run.params, config, layer, units, objective=args.objective,
+                               negative=args.negative, steps=args.steps, diversity=args.diversity,
+                               diversity_weight=args.diversity_weight, seed=args.seed,
+                               learning_rate=args.learning_rate)
+  seconds = time.perf_counter() - start
+  squeeze = (lambda a: a[:, 0]) if args.diversity == 1 else (lambda a: a)  # noqa: E731
+  np.save(write.path('images.npy'), squeeze(result.pixels))
+  np.save(write.path('inputs.npy'), squeeze(result.inputs))
+  best = None
+  if args.compare:
+    best = featurevis.dataset_best(run.model, run.params, _batches(args, config)(), (layer,), args.objective,
+                                   args.negative)[layer][result.units]
+  rows = [{'unit': int(u), 'k': j, 'activation': float(result.activation[i, j]),
+           **({'dataset_best': float(best[i]), 'beats_dataset': bool(result.activation[i, j] > best[i])}
+              if best is not None else {})}
+          for i, u in enumerate(result.units) for j in range(args.diversity)]
+  _write_rows(write, 'activations', rows)
+  sign = 'minus ' if args.negative else ''
+  name = f'featurevis_layer{layer}.png'
+  report.save_png(os.path.dirname(write.path(name)), name, figures.featurevis_grid(result.pixels))
+  print(f'{len(result.units)} units x {args.diversity} images of layer {layer} ({sign}{args.objective}), '
+        f'{args.steps} steps: {seconds:.0f} s')
+
+
 def run_report(args, config, run: report.Run) -> None:
   out = args.out or os.path.join(args.workdir, 'report')
   layer_numbers = tuple(int(v) for v in args.layers.split(',')) if args.layers else None
@@ -379,6 +411,27 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--image_files', nargs='+', help='with --random_weights: the image files')
   p.add_argument('--permuted_workdir', help='a run trained with config.dataset.permute_labels_seed >= 0: adds '
                  'data randomisation')
+  p = sub.add_parser('featurevis', parents=[common], help='feature visualisation: the image each unit asks for',
+                     description='Optimises, for each unit, the input that maximises it (Olah et al. 2017; Lucid\'s '
+                     'Fourier image, decorrelated colour, transforms and redirected ReLU) and writes images.npy: '
+                     'float32 pixels in [0, 255], [U, H, W, C], or [U, K, H, W, C] with --diversity K > 1; '
+                     'inputs.npy: the same images as the network takes them (normalised, to feed back); '
+                     'featurevis_layerL.png (a grid; K images per row with --diversity); activations.csv/json (the '
+                     'objective each image reaches without transforms; with --compare also the split\'s best).')
+  p.add_argument('--layer', type=int, help='conv layer 1-5, fc layer 6 or 7; 8 (the logits) with --objective class')
+  p.add_argument('--units', help='comma-separated units (channels, fc units or classes; default: all)')
+  p.add_argument('--objective', choices=featurevis.OBJECTIVES, default='channel', help='channel: the map\'s mean; '
+                 'neuron: the map\'s centre; class: a logit')
+  p.add_argument('--negative', action='store_true', help='maximise minus the objective')
+  p.add_argument('--steps', type=int, default=512, help='Adam steps (Lucid: 512)')
+  p.add_argument('--diversity', type=int, default=1, metavar='K', help='K images per unit, made different by '
+                 'Lucid\'s Gram-matrix diversity term')
+  p.add_argument('--diversity_weight', type=float, default=featurevis.DIVERSITY_WEIGHT, help='the diversity term\'s '
+                 'weight')
+  p.add_argument('--learning_rate', type=float, default=0.05, help='Adam\'s learning rate (Lucid: 0.05)')
+  p.add_argument('--compare', action='store_true', help='also each unit\'s best value of the objective over the '
+                 'split\'s images (--max_images), in activations.csv/json')
+  p.add_argument('--max_images', type=int, help='with --compare: only the first N images of the split')
   p = sub.add_parser('report', parents=[common], help='a static site: every unit of every layer, and the figures',
                      description='Writes OUT/index.html (--out default for this command: WORKDIR/report/), '
                      'a layer page per conv layer and analyses.html; re-running reuses what is built.')
@@ -395,7 +448,7 @@ def _parser() -> argparse.ArgumentParser:
 
 COMMAND_FUNCTIONS = {'project': run_project, 'topk': run_topk, 'filters': run_filters, 'occlusion': run_occlusion,
                      'correspondence': run_correspondence, 'invariance': run_invariance, 'evolution': run_evolution,
-                     'attribute': run_attribute, 'sanity': run_sanity}
+                     'attribute': run_attribute, 'sanity': run_sanity, 'featurevis': run_featurevis}
 
 
 def main(argv: list[str]) -> None:

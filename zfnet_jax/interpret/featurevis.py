@@ -52,6 +52,10 @@ JITTER = (8.0, 4.0)  # px at LUCID_SIZE: the translations before and after scali
 SCALE = 0.1  # random scale in [1 - SCALE, 1 + SCALE]
 ROTATE = 10.0  # degrees, in [-ROTATE, ROTATE]
 PAD_VALUE = 0.5  # grey: what the transforms uncover (Lucid pads with it)
+# The diversity term's weight against the objective (Adam makes only their ratio matter). Lucid's tutorials use 1e2
+# on InceptionV1; on the digits network (objectives ~1-15) 1e2 wipes out the objective, and 1 halves the correlation
+# between a unit's K images (0.58 -> 0.28, layer 3) for ~10% of the objective.
+DIVERSITY_WEIGHT = 1.0
 INIT_STD = 0.01  # Lucid's initial Fourier coefficients
 FOURIER_DIVISOR = 4.0  # Lucid scales the inverse FFT's image down by 4
 # Lucid's square root of ImageNet's colour correlation (RGB rows), columns normalised by the largest column norm
@@ -147,41 +151,68 @@ def input_affine(config: ml_collections.ConfigDict, channels: int,
 def transform(key: jax.Array, images: jax.Array, strength: float = 1.0) -> jax.Array:
   """Lucid's robustness transforms with fresh randomness per image: `[N, S, S, C]` -> `[N, S, S, C]`.
 
-  One bilinear resampling per image: output pixel `p` (centred coordinates `q`) reads the image at
-  `R(-theta)(q + t2) / s + t1`: a jitter `t1`, scale `s`, rotation `theta`, jitter `t2`, each amount times
-  `strength` and the jitters scaled by `S / 224`; `PAD_VALUE` outside the image. `strength` 0: the identity.
+  Output pixel `p` (centred coordinates) shows the image at `R(alpha)(p + t2) / s + t1`: a jitter `t1`, scale `s`,
+  rotation `alpha`, jitter `t2`, each amount times `strength` and the jitters scaled by `S / 224`; `PAD_VALUE`
+  outside the image. `strength` 0: the identity, exactly.
+
+  Resampled without gathers (a gather's gradient is a scatter): the scale and jitters as two 1-D linear
+  resamplings, rows then columns, one matrix each (`_stretch`; together exactly the 2-D bilinear one), the rotation
+  as three shears (Paeth: `R = X(tan(alpha/2)) Y(-sin alpha) X(tan(alpha/2))`), each a shift of every line by the
+  FFT (`_shear`). On 96 64-px images on CPU, forward and gradient: 13 ms, against 38 ms for a bilinear gather.
   """
   n, size = images.shape[0], images.shape[1]
-  ratio = size / LUCID_SIZE
+  jitter = tuple(j * size / LUCID_SIZE * strength for j in JITTER)
   k1, k2, k_scale, k_angle = jax.random.split(key, 4)
-  t1 = jax.random.uniform(k1, (n, 2), minval=-0.5, maxval=0.5) * JITTER[0] * ratio * strength
-  t2 = jax.random.uniform(k2, (n, 2), minval=-0.5, maxval=0.5) * JITTER[1] * ratio * strength
+  t1 = jax.random.uniform(k1, (n, 2), minval=-0.5, maxval=0.5) * jitter[0]
+  t2 = jax.random.uniform(k2, (n, 2), minval=-0.5, maxval=0.5) * jitter[1]
   s = 1.0 + jax.random.uniform(k_scale, (n,), minval=-SCALE, maxval=SCALE) * strength
-  theta = jnp.deg2rad(jax.random.uniform(k_angle, (n,), minval=-ROTATE, maxval=ROTATE) * strength)
+  alpha = jnp.deg2rad(jax.random.uniform(k_angle, (n,), minval=-ROTATE, maxval=ROTATE) * strength)
+  return warp(images, t1, t2, s, alpha, strength)
+
+
+def warp(images: jax.Array, t1: jax.Array, t2: jax.Array, s: jax.Array, alpha: jax.Array,
+         strength: float = 1.0) -> jax.Array:
+  """`transform` with given amounts: `[N, S, S, C]` images; jitters `t1`, `t2` `[N, 2]` (rows, columns), scale `s`
+  and angle `alpha` (radians) `[N]`, within `transform`'s ranges at `strength` (static: it bounds the shears)."""
+  size = images.shape[1]
+  cos, sin = jnp.cos(alpha), jnp.sin(alpha)
+  d = jnp.stack([cos * t2[:, 0] - sin * t2[:, 1], sin * t2[:, 0] + cos * t2[:, 1]], -1)  # R(alpha) t2
   centre = (size - 1) / 2
-  q = jnp.stack(jnp.meshgrid(jnp.arange(size), jnp.arange(size), indexing='ij'), -1).astype(jnp.float32) - centre
-  cos, sin = jnp.cos(theta)[:, None, None], jnp.sin(theta)[:, None, None]
-  u = q[None] + t2[:, None, None]  # [N, S, S, 2] (y, x)
-  rotated = jnp.stack([cos * u[..., 0] - sin * u[..., 1], sin * u[..., 0] + cos * u[..., 1]], -1)
-  delta = rotated / s[:, None, None, None] - q[None] + t1[:, None, None]  # exactly 0 at strength 0
-  return jax.vmap(_bilinear)(images, q[None] + centre + delta)
+  q = jnp.arange(size, dtype=jnp.float32) - centre  # centred coordinates along one axis
+  per = lambda v: v[:, None]  # noqa: E731  (one value per image)
+  x = _stretch(images, (q + per(d[:, 0])) / per(s) + per(t1[:, 0]) + centre, 1)  # rows
+  x = _stretch(x, (q + per(d[:, 1])) / per(s) + per(t1[:, 1]) + centre, 2)  # columns
+  angle = np.deg2rad(ROTATE * strength)
+  if angle == 0:
+    return x
+  shear_x, shear_y = per(jnp.tan(alpha / 2)) * q, per(-sin) * q  # column shift by row; row shift by column
+  x = _shear(x, shear_x, 2, centre * np.tan(angle / 2))
+  x = _shear(x, shear_y, 1, centre * np.sin(angle))
+  return jnp.clip(_shear(x, shear_x, 2, centre * np.tan(angle / 2)), 0.0, 1.0)  # the band-limited shifts ring
 
 
-def _bilinear(image: jax.Array, where: jax.Array) -> jax.Array:
-  """`[S, S, C]` sampled at `[S, S, 2]` (row, column) points, bilinearly; `PAD_VALUE` outside."""
-  size = image.shape[0]
-  low = jnp.floor(where)
-  frac = where - low
-  low = low.astype(jnp.int32)
-  out = 0.0
-  for dy in (0, 1):
-    for dx in (0, 1):
-      y, x = low[..., 0] + dy, low[..., 1] + dx
-      inside = (y >= 0) & (y < size) & (x >= 0) & (x < size)
-      value = jnp.where(inside[..., None], image[jnp.clip(y, 0, size - 1), jnp.clip(x, 0, size - 1)], PAD_VALUE)
-      weight = (frac[..., 0] if dy else 1 - frac[..., 0]) * (frac[..., 1] if dx else 1 - frac[..., 1])
-      out = out + weight[..., None] * value
-  return out
+def _stretch(images: jax.Array, source: jax.Array, axis: int) -> jax.Array:
+  """1-D linear interpolation of `[N, S, S, C]` along `axis` (1 rows, 2 columns): output index `i` reads the image
+  at `source[:, i]` (`[N, S]`), `PAD_VALUE` outside; one `[S, S]` matrix per image."""
+  weights = jnp.maximum(0.0, 1.0 - jnp.abs(source[:, :, None] - jnp.arange(images.shape[axis])))  # [N, S, S]
+  uncovered = PAD_VALUE * (1.0 - jnp.sum(weights, axis=-1))  # [N, S]
+  if axis == 1:
+    return jnp.einsum('nij,njxc->nixc', weights, images, precision='highest') + uncovered[:, :, None, None]
+  return jnp.einsum('nij,nyjc->nyic', weights, images, precision='highest') + uncovered[:, None, :, None]
+
+
+def _shear(images: jax.Array, shift: jax.Array, axis: int, bound: float) -> jax.Array:
+  """`[N, S, S, C]` with each line along `axis` (2: each row, 1: each column) read `shift[:, line]` (`[N, S]`, at
+  most `bound` in magnitude) pixels further on, `PAD_VALUE` outside: the shift theorem on each line's real FFT
+  (band-limited interpolation), the lines padded by `bound` so that nothing wraps around."""
+  size = images.shape[1]
+  reach = int(np.ceil(bound)) + 1
+  lines = images if axis == 2 else jnp.swapaxes(images, 1, 2)  # [N, line, S along it, C]
+  padded = jnp.pad(lines, ((0, 0), (0, 0), (reach, reach), (0, 0)), constant_values=PAD_VALUE)
+  length = size + 2 * reach
+  phase = jnp.exp(2j * np.pi * np.fft.rfftfreq(length).astype(np.float32) * shift[:, :, None])  # [N, line, F]
+  out = jnp.fft.irfft(jnp.fft.rfft(padded, axis=2) * phase[..., None], n=length, axis=2)[:, :, reach:reach + size]
+  return out if axis == 2 else jnp.swapaxes(out, 1, 2)
 
 
 # ------------------------------------------------------------------------------------------ objectives
@@ -201,9 +232,11 @@ def _redirected_fwd(x, redirect):
 def _redirected_bwd(res, g):
   x, redirect = res
   true = jnp.where(x > 0, g, 0)
-  redirected = jnp.where((x < 0) & (g > 0), 0, g)
-  stuck = jnp.all(true == 0, axis=tuple(range(1, x.ndim)), keepdims=True) & (redirect > 0)
-  return jnp.where(stuck, redirected, true), jnp.zeros_like(redirect)
+
+  def redirected(true):
+    stuck = jnp.all(true == 0, axis=tuple(range(1, x.ndim)), keepdims=True)
+    return jnp.where(stuck & ~((x < 0) & (g > 0)), g, true)
+  return jax.lax.cond(redirect > 0, redirected, lambda true: true, true), jnp.zeros_like(redirect)
 
 
 redirected_relu.defvjp(_redirected_fwd, _redirected_bwd)
@@ -323,7 +356,7 @@ def default_chunk(arch: network.Architecture, k: int) -> int:
 
 def optimise(model: network.ConvNet, params: Any, config: ml_collections.ConfigDict, layer: int,
              units: Iterable[int] | None = None, *, objective: str = 'channel', negative: bool = False,
-             steps: int = 512, diversity: int = 1, diversity_weight: float = 1e2, seed: int = 0,
+             steps: int = 512, diversity: int = 1, diversity_weight: float = DIVERSITY_WEIGHT, seed: int = 0,
              learning_rate: float = 0.05, strength: float = 1.0, redirect_steps: int = REDIRECT_STEPS,
              chunk: int | None = None, mesh: Mesh | None = None, pixel_mean: np.ndarray | None = None,
              progress: Callable[[int], None] | None = None) -> Result:

@@ -59,6 +59,16 @@ def mosaic(tiles: np.ndarray, columns: int, gap: int = 1, background: float = 1.
   return out
 
 
+def featurevis_grid(pixels: np.ndarray, min_tile: int = 96) -> np.ndarray:
+  """Feature visualisations `[U, K, H, W, C]` (pixels in [0, 255]) as one RGB image in [0, 1]: a unit's K images
+  per row when K > 1, else the units in a square grid; tiles enlarged pixel for pixel to at least `min_tile` px."""
+  u, k, h = pixels.shape[:3]
+  tiles = _rgb(np.asarray(pixels, np.float32).reshape(u * k, h, h, -1) / 255)
+  factor = max(1, -(-min_tile // h))
+  tiles = np.repeat(np.repeat(tiles, factor, axis=1), factor, axis=2)
+  return mosaic(tiles, k if k > 1 else int(np.ceil(np.sqrt(u))), gap=2)
+
+
 class Writer:
   """Writes figures and arrays into the output folder and prints each path."""
 
