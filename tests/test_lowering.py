@@ -23,7 +23,7 @@ from jax.sharding import AbstractDevice, AbstractMesh
 from zfnet_jax import config_lib, parallel
 from conftest import config_path
 from zfnet_jax.data import augment
-from zfnet_jax.interpret import correspondence, deconvnet, invariance, occlusion, topk
+from zfnet_jax.interpret import correspondence, deconvnet, featurevis, invariance, occlusion, topk
 from zfnet_jax.model import network
 from zfnet_jax.training import evaluation, optim, steps
 
@@ -106,6 +106,13 @@ def interpret_case(mesh, name: str):
                                                                         amounts)
     return (over_mesh(mesh, fn, ('copies', 'data', 'data', 'copies')),
             (params, images, spec((BATCH,), jnp.int32), spec((4,), jnp.float32)))
+  if name == 'featurevis_step':  # one Adam step of 8 units x 2 diverse images, split over the mesh
+    settings = featurevis.Settings(5, 'channel', False, 4, 2, 1.0, 0.05, 1.0, featurevis.REDIRECT_STEPS)
+    programs = featurevis.jit_programs(model, settings, mesh)
+    units, scalar = spec((8,), jnp.int32), spec((), jnp.int32)
+    fourier, state = jax.eval_shape(programs.init, units, scalar)
+    return programs.step, (params, units, scalar, spec((s, s, 3), jnp.float32), spec((3,), jnp.float32), fourier,
+                           state, scalar)
   if name == 'correspondence':
     fn = functools.partial(correspondence.correspondence, model)
     return over_mesh(mesh, fn, ('copies', 'data', 'data')), (params, images, spec((BATCH, 4), jnp.int32))
@@ -120,7 +127,7 @@ CASES = {
     'eval_10_crops': functools.partial(eval_case, crops=10),
     **{name: functools.partial(interpret_case, name=name) for name in (
         'augment_inception', 'deconv_record', 'deconv_project', 'topk_update', 'occlusion', 'invariance_rotation',
-        'correspondence')},
+        'correspondence', 'featurevis_step')},
 }
 
 

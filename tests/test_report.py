@@ -18,8 +18,12 @@ from zfnet_jax.training import checkpointing
 CHROMIUM = os.environ.get('ZFNET_CHROMIUM', '/usr/bin/chromium')
 
 
+FEATUREVIS_STEPS = 4  # the report's feature visualisations: few steps, the pages and data are what is tested
+
+
 def build_site(config, workdir, out, **options):
   run = visualize.load_run(config, workdir)  # as `visualize report` does: interpret/ reads no checkpoints
+  options.setdefault('featurevis_steps', FEATUREVIS_STEPS)
   data = report.build(config, out, run, max_images=100, occlusion_images=2, invariance_images=2, **options)
   site.write_site(out, data)
   return data
@@ -45,7 +49,7 @@ def ablated_report(tfds_dir, tmp_path_factory):
     mngr.wait_until_finished()
   mngr.close()
   out = os.path.join(workdir, 'report')
-  return config, workdir, out, build_site(config, workdir, out)
+  return config, workdir, out, build_site(config, workdir, out, featurevis_steps=0)  # the switch: none drawn
 
 
 def test_layer_data_is_the_top_k_of_every_unit(digits_report):
@@ -86,8 +90,31 @@ def test_rebuild_reuses_parts_with_the_same_options(digits_report):
   build_site(config, workdir, out)  # back to k=9 for the browser test
 
 
-def _open_pages(out: str, expected_units: dict[int, int]) -> None:
-  """Opens every page of the site in headless Chromium from file:// and checks what a reader would see."""
+def test_layer_data_has_each_units_feature_visualisation_against_the_datasets_best(digits_report):
+  """Layers 2 and up: per unit the map mean its visualisation reaches and the best over the report's 100 images (as
+  a forward pass here finds it), one sprite-sheet row per unit in the layer sheets' layout; layer 1 none."""
+  config, workdir, out, data = digits_report
+  model, params, _ = checkpointing.load_params(config, workdir)
+  images = np.concatenate([b['image'][b['mask'] > 0] for b in pipeline.split_batches(config, 'test', 100)])
+  outputs = network.forward(model, params, images).layers
+  assert 'featurevis' not in data['layers'][1]
+  for n in (2, 3, 4, 5):
+    fv, units = data['layers'][n]['featurevis'], model.arch.convs[n - 1].features
+    with open(os.path.join(out, f'layer{n}.json')) as f:
+      assert json.load(f)['featurevis'] == fv
+    best = np.max(np.mean(np.asarray(outputs[f'layer{n}']), axis=(1, 2)), axis=0)
+    np.testing.assert_allclose(fv['dataset_best'], best, rtol=1e-3, atol=1e-4)
+    assert np.asarray(fv['activation']).shape == (units, 1) and fv['live'] == int(np.sum(best > 0))
+    assert fv['beats_dataset'] == [bool(a[0] > b) for a, b in zip(fv['activation'], fv['dataset_best'])]
+    assert len(fv['sheets']) == -(-units // report.UNITS_PER_SHEET)
+    for s, sheet in enumerate(fv['sheets']):
+      rows = min(report.UNITS_PER_SHEET, units - s * report.UNITS_PER_SHEET)
+      assert Image.open(os.path.join(out, sheet)).size == (fv['width'], rows * fv['tile'])
+
+
+def _open_pages(out: str, expected_units: dict[int, int], featurevis: bool = True) -> None:
+  """Opens every page of the site in headless Chromium from file:// and checks what a reader would see; with
+  `featurevis`, one feature visualisation per unit on the pages of layers 2 and up."""
   if not os.path.exists(CHROMIUM):
     pytest.fail(f'{CHROMIUM} is missing: install Debian\'s chromium (apt-get install -y chromium), or set '
                 f'ZFNET_CHROMIUM to a Chromium binary')
@@ -106,7 +133,7 @@ def _open_pages(out: str, expected_units: dict[int, int]) -> None:
         page.goto('file://' + os.path.join(out, name), wait_until='load')
         broken = page.evaluate("""async () => {
           const urls = [...document.querySelectorAll('img')].map(i => i.src).concat(
-              [...document.querySelectorAll('.cell')].map(c => getComputedStyle(c).backgroundImage.slice(5, -2)));
+              [...document.querySelectorAll('.cell, .fv')].map(c => getComputedStyle(c).backgroundImage.slice(5, -2)));
           const widths = await Promise.all([...new Set(urls)].map(u => new Promise(done => {
               const i = new Image(); i.onload = () => done([u, i.naturalWidth]); i.onerror = () => done([u, 0]);
               i.src = u; })));
@@ -119,6 +146,9 @@ def _open_pages(out: str, expected_units: dict[int, int]) -> None:
           ids = page.eval_on_selector_all('section.unit', 'units => units.map(u => u.id)')
           n = int(name[len('layer'):-len('.html')])
           assert ids == [f'unit-{u}' for u in range(expected_units[n])]
+          visualised = page.eval_on_selector_all('section.unit',
+                                                 'units => units.map(u => u.querySelectorAll(".fv").length)')
+          assert visualised == [1 if featurevis and n >= 2 else 0] * expected_units[n]
           page.fill('#filter', str(expected_units[n] - 1))
           page.press('#filter', 'Enter')
           assert page.evaluate('location.hash') == f'#unit-{expected_units[n] - 1}'
@@ -145,5 +175,5 @@ def test_report_of_a_network_without_layers_3_4_6_7(ablated_report):
   # invariance at the first conv and the last hidden layer present: layer 1 and layer 5 (no fc hidden layers)
   assert sorted(k for k in data['invariance']['rotation'] if k.startswith('layer')) == ['layer1', 'layer5']
   assert [r['layer'] for r in data['architecture']] == [1, 2, 5, 8]
-  _open_pages(out, {1: 8, 2: 16, 5: 24})
+  _open_pages(out, {1: 8, 2: 16, 5: 24}, featurevis=False)
 

@@ -311,6 +311,14 @@ def run_featurevis(args, config, run: report.Run, write: figures.Writer) -> None
   sign = 'minus ' if args.negative else ''
   name = f'featurevis_layer{layer}.png'
   report.save_png(os.path.dirname(write.path(name)), name, figures.featurevis_grid(result.pixels))
+  if args.topk:
+    if layer not in [c.layer for c in run.model.arch.convs]:
+      raise ValueError(f'--topk draws the top images of conv units; layer {layer} is not a conv layer')
+    tops = topk.stream_topk(run.model, run.params, _batches(args, config)(), (layer,), k=args.topk)
+    projected = topk.project_topk(run.model, run.params, _batches(args, config)(), tops, {layer: result.units})
+    name = f'featurevis_topk_layer{layer}.png'
+    report.save_png(os.path.dirname(write.path(name)), name, figures.featurevis_beside_topk(
+        result.pixels, projected[layer], config, squares.pixel_mean(config)))
   print(f'{len(result.units)} units x {args.diversity} images of layer {layer} ({sign}{args.objective}), '
         f'{args.steps} steps: {seconds:.0f} s')
 
@@ -320,7 +328,9 @@ def run_report(args, config, run: report.Run) -> None:
   layer_numbers = tuple(int(v) for v in args.layers.split(',')) if args.layers else None
   data = report.build(config, out, run, max_images=args.images, layers=layer_numbers, split=args.split, k=args.k,
                       occlusion_images=args.examples, invariance_images=args.examples,
-                      sanity_images=args.sanity_images)
+                      sanity_images=args.sanity_images, featurevis_steps=args.featurevis_steps,
+                      featurevis_diversity=args.featurevis_diversity, featurevis_negative=args.featurevis_negative,
+                      featurevis_seed=args.seed)
   if data is not None:  # process 0
     site.write_site(out, data)
     print(os.path.join(out, 'index.html'))
@@ -417,7 +427,8 @@ def _parser() -> argparse.ArgumentParser:
                      'float32 pixels in [0, 255], [U, H, W, C], or [U, K, H, W, C] with --diversity K > 1; '
                      'inputs.npy: the same images as the network takes them (normalised, to feed back); '
                      'featurevis_layerL.png (a grid; K images per row with --diversity); activations.csv/json (the '
-                     'objective each image reaches without transforms; with --compare also the split\'s best).')
+                     'objective each image reaches without transforms; with --compare also the split\'s best); with '
+                     '--topk K also featurevis_topk_layerL.png.')
   p.add_argument('--layer', type=int, help='conv layer 1-5, fc layer 6 or 7; 8 (the logits) with --objective class')
   p.add_argument('--units', help='comma-separated units (channels, fc units or classes; default: all)')
   p.add_argument('--objective', choices=featurevis.OBJECTIVES, default='channel', help='channel: the map\'s mean; '
@@ -431,7 +442,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--learning_rate', type=float, default=0.05, help='Adam\'s learning rate (Lucid: 0.05)')
   p.add_argument('--compare', action='store_true', help='also each unit\'s best value of the objective over the '
                  'split\'s images (--max_images), in activations.csv/json')
-  p.add_argument('--max_images', type=int, help='with --compare: only the first N images of the split')
+  p.add_argument('--topk', type=int, default=0, metavar='K', help='also featurevis_topk_layerL.png: each unit\'s '
+                 'visualisations beside its top K activations over the split (deconvnet projections, image patches)')
+  p.add_argument('--max_images', type=int, help='with --compare or --topk: only the first N images of the split')
   p = sub.add_parser('report', parents=[common], help='a static site: every unit of every layer, and the figures',
                      description='Writes OUT/index.html (--out default for this command: WORKDIR/report/), '
                      'a layer page per conv layer and analyses.html; re-running reuses what is built.')
@@ -443,6 +456,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--examples', type=int, default=3, help='images for the occlusion maps and invariance curves')
   p.add_argument('--sanity_images', type=int, default=0, help='> 0: sanity.html (randomisation and random-class '
                  'checks on this many images) and each unit\'s selectivity on its layer page')
+  p.add_argument('--featurevis_steps', type=int, default=report.FEATUREVIS_STEPS, help='optimisation steps of each '
+                 'unit\'s feature visualisation on the layer pages (layers 2 and up; --seed seeds them); 0: none')
+  p.add_argument('--featurevis_diversity', type=int, default=1, metavar='K', help='K diverse visualisations per unit')
+  p.add_argument('--featurevis_negative', action='store_true', help='also each unit\'s negative visualisation')
   return parser
 
 

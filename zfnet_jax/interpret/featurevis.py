@@ -21,8 +21,8 @@ The forward pass is the attribution engine's (`attribution.run`), the layers num
 them: conv layers 1-5 and fc layers 6, 7 by their paper number, 8 for the logits.
 
 Every unit of a call is optimised at once: `optimise` splits the units over every local device (`shard_map`
-over a `parallel.make_mesh` mesh; the units padded to a multiple of the devices) and runs them in chunks of
-`chunk` units per device, each chunk one compiled program (all steps inside), so memory is one chunk's images.
+over a `parallel.make_mesh` mesh; the units padded to a multiple of the devices) and runs them in chunks of at
+most `chunk` units per device (`jit_programs`: one compiled step, looped), so memory is one chunk's images.
 Every random number of an image is drawn from `(seed, unit, k, step)`, so an image does not depend on the
 devices, the chunks or the other units of the call. `dataset_best` is the quality yardstick: each unit's
 strongest value of the same objective over a dataset's images.
@@ -283,52 +283,82 @@ def _objective_and_maps(arch, params, inputs, units, s: Settings, relu=None):
   return objective_values(outputs, units, s.objective, s.negative), maps
 
 
-def _optimise_local(arch: network.Architecture, s: Settings, params: Any, units: jax.Array, seed: jax.Array,
-                    offset: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """One device's units `[u]`: `(pixels, inputs [u, K, S, S, C], activation [u, K])` after `s.steps` steps."""
-  size, channels, k = arch.image_size, arch.in_channels, s.diversity
-  image_units = jnp.repeat(units, k)  # [u * K], unit by unit
+def _image_keys(units: jax.Array, seed: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """`(each image's unit, its key)`, `[u * K]` each, unit by unit: the key from `(seed, unit, k)` alone."""
+  image_units = jnp.repeat(units, k)
   keys = jax.vmap(lambda u, j: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), u), j))(
       image_units, jnp.tile(jnp.arange(k), units.shape[0]))
-  fourier = INIT_STD * jax.vmap(lambda key: jax.random.normal(key, param_shape(size, channels)))(keys)
-  normalise = lambda unit: (255.0 * unit - offset) / scale  # noqa: E731
-  tx = optax.adam(s.learning_rate)
+  return image_units, keys
 
-  def loss(fourier, step):
+
+def _init_local(arch: network.Architecture, s: Settings, units: jax.Array, seed: jax.Array) -> tuple[Any, Any]:
+  """One device's units `[u]`: `(Fourier parameters [u * K, ...], Adam's state)` at the start."""
+  _, keys = _image_keys(units, seed, s.diversity)
+  fourier = INIT_STD * jax.vmap(lambda key: jax.random.normal(key, param_shape(arch.image_size, arch.in_channels)))(
+      keys)
+  return fourier, optax.adam(s.learning_rate).init(fourier)
+
+
+def _step_local(arch: network.Architecture, s: Settings, params: Any, units: jax.Array, seed: jax.Array,
+                offset: jax.Array, scale: jax.Array, fourier: jax.Array, state: Any,
+                step: jax.Array) -> tuple[jax.Array, Any]:
+  """One Adam step of one device's images: each seen through fresh transforms (keyed by `step`), ReLUs redirected
+  while `step < s.redirect_steps`."""
+  k = s.diversity
+  image_units, keys = _image_keys(units, seed, k)
+
+  def loss(fourier):
     step_keys = jax.vmap(lambda key: jax.random.fold_in(key, step))(keys)
-    seen = jax.vmap(lambda key, image: transform(key, image[None], s.strength)[0])(step_keys,
-                                                                                  to_unit(fourier, size))
+    seen = jax.vmap(lambda key, image: transform(key, image[None], s.strength)[0])(
+        step_keys, to_unit(fourier, arch.image_size))
     redirect = (step < s.redirect_steps).astype(jnp.float32)
-    value, maps = _objective_and_maps(arch, params, normalise(seen), image_units, s,
+    value, maps = _objective_and_maps(arch, params, (255.0 * seen - offset) / scale, image_units, s,
                                       relu=lambda x: redirected_relu(x, redirect))
     total = -jnp.sum(value)
     if k > 1:
       total = total + s.diversity_weight * jnp.sum(diversity_penalty(maps, k))
     return total
 
-  def body(step, carry):
-    fourier, state = carry
-    grads = jax.grad(loss)(fourier, step)
-    updates, state = tx.update(grads, state, fourier)
-    return optax.apply_updates(fourier, updates), state
+  updates, state = optax.adam(s.learning_rate).update(jax.grad(loss)(fourier), state, fourier)
+  return optax.apply_updates(fourier, updates), state
 
-  fourier, _ = jax.lax.fori_loop(0, s.steps, body, (fourier, tx.init(fourier)))
-  unit = to_unit(fourier, size)
-  inputs = normalise(unit)
-  value, _ = _objective_and_maps(arch, params, inputs, image_units, s)
-  shape = (units.shape[0], k, size, size, channels)
-  return (255.0 * unit).reshape(shape), inputs.reshape(shape), value.reshape(units.shape[0], k)
+
+def _finish_local(arch: network.Architecture, s: Settings, params: Any, units: jax.Array, offset: jax.Array,
+                  scale: jax.Array, fourier: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """One device's images: `(pixels, inputs [u, K, S, S, C], activation [u, K])`, the objective without transforms."""
+  unit = to_unit(fourier, arch.image_size)
+  inputs = (255.0 * unit - offset) / scale
+  value, _ = _objective_and_maps(arch, params, inputs, jnp.repeat(units, s.diversity), s)
+  shape = (units.shape[0], s.diversity, *unit.shape[1:])
+  return (255.0 * unit).reshape(shape), inputs.reshape(shape), value.reshape(shape[:2])
+
+
+class Programs(NamedTuple):
+  """The compiled parts of an optimisation over a mesh, units split over its `data` axis (`jit_programs`)."""
+  init: Callable  # (units [U], seed) -> (fourier, state)
+  step: Callable  # (params, units, seed, offset, scale, fourier, state, step) -> (fourier, state); donates both
+  finish: Callable  # (params, units, offset, scale, fourier) -> (pixels, inputs, activation)
 
 
 @functools.lru_cache(maxsize=None)
-def jit_optimise(model: network.ConvNet, settings: Settings, mesh: Mesh | jax.sharding.AbstractMesh) -> Callable:
-  """The compiled optimisation of a chunk over `mesh`: `(params, units [U], seed, offset, scale) -> (pixels,
-  inputs, activation)` (`Result`'s fields), the units (a multiple of the devices) split over the `data` axis,
-  each device optimising its own with no communication. One per (model, settings, mesh), shared by every call."""
-  local = functools.partial(_optimise_local, model.arch, settings)
-  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P('data'), P(), P(), P()),
-                          out_specs=(P('data'), P('data'), P('data')))
-  return jax.jit(sharded, compiler_options=parallel.compiler_options(mesh))
+def jit_programs(model: network.ConvNet, settings: Settings, mesh: Mesh | jax.sharding.AbstractMesh) -> Programs:
+  """The optimisation's three programs over `mesh`, each device working on its own units with no communication
+  (`shard_map`; the units a multiple of the devices). One step per program, looped in Python: XLA:CPU runs the
+  same step inside a `fori_loop` 2-3x slower (measured by the benchmark's helper, 2026-11-30), and a dispatch per
+  step costs nothing beside a step's convolutions. One set per (model, settings, mesh), shared by every call."""
+  arch, data, copies = model.arch, P('data'), P()
+  state = jax.eval_shape(functools.partial(_init_local, arch, settings), jnp.zeros((1,), jnp.int32), jnp.int32(0))[1]
+  per_state = jax.tree_util.tree_map(lambda leaf: data if leaf.ndim else copies, state)  # Adam's count: a scalar
+  options = parallel.compiler_options(mesh)
+
+  def over_mesh(f, in_specs, out_specs, **kwargs):
+    return jax.jit(jax.shard_map(functools.partial(f, arch, settings), mesh=mesh, in_specs=in_specs,
+                                 out_specs=out_specs), compiler_options=options, **kwargs)
+  return Programs(
+      over_mesh(_init_local, (data, copies), (data, per_state)),
+      over_mesh(_step_local, (copies, data, copies, copies, copies, data, per_state, copies), (data, per_state),
+                donate_argnums=(5, 6)),
+      over_mesh(_finish_local, (copies, data, copies, copies, data), (data, data, data)))
 
 
 def check_target(arch: network.Architecture, layer: int, objective: str) -> int:
@@ -376,18 +406,27 @@ def optimise(model: network.ConvNet, params: Any, config: ml_collections.ConfigD
   offset, scale = input_affine(config, arch.in_channels, pixel_mean)
   mesh = mesh or parallel.make_mesh(jax.local_devices())
   devices = mesh.devices.size
-  per_call = devices * min(chunk or default_chunk(arch, diversity), -(-len(units) // devices))
+  calls = -(-len(units) // (devices * (chunk or default_chunk(arch, diversity))))
+  per_call = devices * -(-len(units) // (devices * calls))  # balanced: the last call pads at most devices - 1 units
   settings = Settings(int(layer), objective, bool(negative), int(steps), int(diversity), float(diversity_weight),
                       float(learning_rate), float(strength), int(redirect_steps))
-  run = jit_optimise(model, settings, mesh)
+  programs = jit_programs(model, settings, mesh)
   replicated = parallel.replicated(mesh)
   params, offset, scale, seed_array = jax.device_put((jax.device_get(params), offset, scale, np.int32(seed)),
                                                      replicated)
+  steps_on_device = [jax.device_put(np.int32(i), replicated) for i in range(steps)]
+  wait = parallel.one_step_in_flight()
   parts = []
   for start in range(0, len(units), per_call):
     part = units[start:start + per_call]
-    padded = np.concatenate([part, np.full(per_call - len(part), part[0], np.int32)])
-    out = run(params, jax.device_put(padded, parallel.sharded(mesh)), seed_array, offset, scale)
+    padded = jax.device_put(np.concatenate([part, np.full(per_call - len(part), part[0], np.int32)]),
+                            parallel.sharded(mesh))
+    fourier, state = programs.init(padded, seed_array)
+    for step in steps_on_device:
+      fourier, state = programs.step(params, padded, seed_array, offset, scale, fourier, state, step)
+      if wait:
+        jax.block_until_ready(fourier)
+    out = programs.finish(params, padded, offset, scale, fourier)
     parts.append([np.asarray(a)[:len(part)] for a in jax.device_get(out)])
     if progress:
       progress(len(part))
@@ -437,3 +476,10 @@ def dataset_best(model: network.ConvNet, params: Any, batches: Iterable[dict[str
     if wait:
       jax.block_until_ready(best)
   return {n: np.asarray(v) for n, v in jax.device_get(best).items()}
+
+
+def beats_dataset(activation: np.ndarray, best: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """`(beats, live)`, bool `[U]` each: whether a unit's strongest visualisation (`activation` `[U, K]`) exceeds its
+  best dataset image (`best` `[U]`, `dataset_best`), and whether the unit is live (its best image > 0)."""
+  best = np.asarray(best)
+  return np.max(np.asarray(activation), axis=1) > best, best > 0

@@ -69,6 +69,27 @@ def featurevis_grid(pixels: np.ndarray, min_tile: int = 96) -> np.ndarray:
   return mosaic(tiles, k if k > 1 else int(np.ceil(np.sqrt(u))), gap=2)
 
 
+def featurevis_beside_topk(pixels: np.ndarray, result: topk.TopKProjections, config: ml_collections.ConfigDict,
+                           pixel_mean: np.ndarray | None = None) -> np.ndarray:
+  """One row per unit: its feature visualisations (`[U, K, S, S, C]` pixels in [0, 255]), then its top k
+  deconvnet projections (each on its own scale, grey at zero) and the image patches they come from (`result`, the
+  same units), the patches enlarged pixel for pixel towards `S`: an RGB image in [0, 1]."""
+  u, count, size = pixels.shape[:3]
+  patch = result.patch.shape[2]
+  zoom = max(1, size // patch)
+  tile = lambda x: np.pad(np.repeat(np.repeat(x, zoom, axis=-3), zoom, axis=-2),  # noqa: E731
+                          [(0, 0)] * (x.ndim - 3) + [(0, size - patch * zoom), (0, size - patch * zoom), (0, 0)],
+                          constant_values=1.0)
+  gap = np.ones((size, 8, 3), np.float32)
+  rows = []
+  for i in range(u):
+    parts = [mosaic(_rgb(pixels[i] / 255), count, gap=1), gap,
+             mosaic(tile(reconstruction_display(result.reconstruction[i])), len(result.patch[i]), gap=1), gap,
+             mosaic(tile(to_display(result.patch[i], config, pixel_mean)), len(result.patch[i]), gap=1)]
+    rows.append(np.concatenate(parts, axis=1))
+  return mosaic(np.stack(rows), 1, gap=6)
+
+
 class Writer:
   """Writes figures and arrays into the output folder and prints each path."""
 

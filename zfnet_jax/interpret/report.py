@@ -34,7 +34,7 @@ from PIL import Image
 from zfnet_jax import paths
 from zfnet_jax import progress as progress_lib
 from zfnet_jax.data import augment, pipeline, sources, squares
-from zfnet_jax.interpret import classes, evolution, figures, invariance, occlusion, sanity, topk
+from zfnet_jax.interpret import classes, evolution, featurevis, figures, invariance, occlusion, sanity, topk
 from zfnet_jax.model import network, receptive_field
 
 UNITS_PER_SHEET = 64
@@ -43,6 +43,8 @@ MIN_TILE = 24  # px: smaller windows (layer 1) are enlarged to at least this, pi
 PNG_LEVEL = 1  # zlib level of the PNGs: 3x faster to write than PIL's 6 and about as small on these sheets
 CLASS_TOP = 100  # the strongest images whose classes each unit card counts
 ROTATION_STEP = 15.0  # degrees between the invariance curves' rotations: coarser than Fig. 5, small inline charts
+FEATUREVIS_STEPS = 128  # the report's default optimisation steps per visualisation (Lucid: 512); 0: none
+FEATUREVIS_TILE = 96  # px: visualisations of larger inputs are shrunk to this on the unit cards
 
 
 class Run(NamedTuple):
@@ -377,7 +379,9 @@ class _Job(NamedTuple):
 
 def build(config: ml_collections.ConfigDict, out: str, run: Run, *, max_images: int | None = None,
           layers: tuple[int, ...] | None = None, split: str | None = None, k: int = 9,
-          occlusion_images: int = 3, invariance_images: int = 3, sanity_images: int = 0) -> dict[str, Any] | None:
+          occlusion_images: int = 3, invariance_images: int = 3, sanity_images: int = 0,
+          featurevis_steps: int = FEATUREVIS_STEPS, featurevis_diversity: int = 1, featurevis_negative: bool = False,
+          featurevis_seed: int = 0) -> dict[str, Any] | None:
   """Builds every part the site shows into `out` (reusing parts built before with the same options).
 
   Returns the site's data: `{'config', 'step', 'split', 'workdir', 'architecture', 'curves', 'filters',
@@ -385,6 +389,10 @@ def build(config: ml_collections.ConfigDict, out: str, run: Run, *, max_images: 
   single checkpoint, `eval` None without an evaluation up to the step). `max_images` None: the whole split.
   With `sanity_images` > 0 also `'sanity'` (`sanity_part`) and each layer's per-unit `selectivity`
   (`sanity.selectivity`, NaN as None).
+
+  With `featurevis_steps` > 0, each conv layer from 2 up gets its units' feature visualisations (`featurevis_parts`:
+  `featurevis_diversity` images each, with `featurevis_negative` also the negative's), under `'featurevis'` in its
+  layer data.
 
   With several processes (`jax.distributed`), every process calls `build`: the top-k job runs over all their
   devices; process 0 writes every file and gets the data, the others get None.
@@ -399,8 +407,13 @@ def build(config: ml_collections.ConfigDict, out: str, run: Run, *, max_images: 
   job = _Job(config, out, run, split, max_images, Manifest(out), options,
              progress_lib.Progress(2, what='report', unit='tasks'), squares.pixel_mean(config))
   layer_parts = _layer_parts(job, layers, k)
+  visualised = (featurevis_parts(job, tuple(n for n in layers if n >= 2), featurevis_steps, featurevis_diversity,
+                                 featurevis_negative, featurevis_seed) if featurevis_steps > 0 else {})
   if layer_parts is None:
     return None
+  for n, part in visualised.items():
+    layer_parts[n] = {**layer_parts[n], 'featurevis': part}
+    paths.write_json(paths.join(out, f'layer{n}.json'), layer_parts[n])
   data = {'config': str(config), 'step': run.step, 'split': split, 'workdir': paths.absolute(run.workdir),
           'architecture': architecture_table(run.model, run.params), 'curves': run.curves,
           'filters': write_filters(out, run.model, run.params), 'layers': layer_parts}
@@ -420,6 +433,64 @@ def _sanity_parts(job: _Job, layers: dict[int, Any], count: int) -> dict[str, An
         f'selectivity{n}', options, lambda n=n: [None if np.isnan(r['selectivity']) else r['selectivity']
                                                  for r in sanity.selectivity(run.model.arch, run.params, images(), n)])}
   return job.manifest.cached('sanity', options, lambda: sanity_part(run.model, run.params, images()))
+
+
+def featurevis_parts(job: _Job, layers: tuple[int, ...], steps: int, diversity: int, negative: bool,
+                     seed: int) -> dict[int, Any]:
+  """Each of `layers`' feature visualisations (`featurevis.optimise`, channel objective, every unit): manifest part
+  `featurevis{n}`, reused while its options match. The dataset's best of the same objective per unit
+  (`featurevis.dataset_best`) comes from one pass over the report's images for all layers to build, on every
+  process; the optimisation runs on process 0's devices, which writes `write_featurevis`'s sheets and gets the
+  data (the others get `{}`)."""
+  options = {**job.options, 'steps': steps, 'seed': seed, 'diversity': diversity, 'negative': negative}
+  todo = tuple(n for n in layers if job.manifest.get(f'featurevis{n}', options) is None)
+  writer = jax.process_index() == 0
+  if todo:
+    job.progress.add(1 + len(todo) * (1 + negative))
+    best = featurevis.dataset_best(job.run.model, job.run.params, job.batches(), todo)
+    worst = featurevis.dataset_best(job.run.model, job.run.params, job.batches(), todo, negative=True) if negative \
+        else None
+    job.progress.advance(1, 'the dataset\'s best map means')
+    for n in todo:
+      if not writer:
+        continue
+      results = []
+      for minus in (False, True)[:1 + negative]:
+        results.append(featurevis.optimise(job.run.model, job.run.params, job.config, n, steps=steps,
+                                           diversity=diversity, negative=minus, seed=seed, pixel_mean=job.pixel_mean))
+        job.progress.advance(1, f'layer {n}: {len(results[-1].units)} units visualised'
+                                + (' (negative)' if minus else ''))
+      job.manifest.put(f'featurevis{n}', options, write_featurevis(
+          job.out, n, results, best[n], worst[n] if negative else None, job.config.model.image_size))
+  return {n: job.manifest.get(f'featurevis{n}', options) for n in layers} if writer else {}
+
+
+def write_featurevis(out: str, layer: int, results: list[featurevis.Result], best: np.ndarray,
+                     worst: np.ndarray | None, image_size: int) -> dict[str, Any]:
+  """Sprite sheets `featurevis{layer}_{s}.png` laid out as the layer's (`UNITS_PER_SHEET` units per sheet, unit `u`
+  in row `u % UNITS_PER_SHEET` of sheet `u // UNITS_PER_SHEET`), each row the unit's visualisations (`results`:
+  the objective's `K`, then the negative's `K`), and their data: per unit the objective each reaches, the dataset's
+  best (`best`; `worst`: the negative's), whether it beats every image, and the share of live units that do."""
+  pixels = np.concatenate([r.pixels for r in results], axis=1)  # [M, T, S, S, C]
+  m, count = pixels.shape[:2]
+  side = min(image_size, FEATUREVIS_TILE)
+  rgb = np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
+  tiles = resize(rgb.reshape(m * count, *rgb.shape[2:]) / 255, side).reshape(m, count, side, side, 3)
+  rows = np.full((m, side, count * (side + 1) - 1, 3), 255, np.uint8)
+  for i in range(count):
+    rows[:, :, i * (side + 1):i * (side + 1) + side] = tiles[:, i]
+  sheets = [save_png(out, f'featurevis{layer}_{s // UNITS_PER_SHEET}.png',
+                     np.concatenate(list(rows[s:s + UNITS_PER_SHEET]), axis=0)) for s in range(0, m, UNITS_PER_SHEET)]
+  beats, live = featurevis.beats_dataset(results[0].activation, best)
+  data = {'sheets': sheets, 'tile': side, 'count': count, 'width': int(rows.shape[2]),
+          'units_per_sheet': UNITS_PER_SHEET, 'objective': 'channel', 'diversity': int(results[0].activation.shape[1]),
+          'negative': len(results) > 1,
+          'activation': np.round(np.concatenate([r.activation for r in results], axis=1), 4).tolist(),
+          'dataset_best': [round(float(v), 4) for v in best], 'beats_dataset': beats.tolist(),
+          'live': int(np.sum(live)), 'live_beating': int(np.sum(beats & live))}
+  if worst is not None:
+    data['dataset_best_negative'] = [round(float(v), 4) for v in worst]
+  return data
 
 
 def _layer_parts(job: _Job, layers: tuple[int, ...], k: int) -> dict[int, Any] | None:

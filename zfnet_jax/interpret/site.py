@@ -31,6 +31,8 @@ pre { background: #f7f7f7; padding: 0.6em; max-height: 24em; overflow: auto; fon
 #jump { position: sticky; top: 0; background: #fff; padding: 6px 0; z-index: 1; }
 body.hide-dead .unit.dead { display: none; }
 img.pixels { image-rendering: pixelated; }
+.visuals { display: flex; gap: 8px; align-items: flex-start; }
+.fv { background-repeat: no-repeat; image-rendering: pixelated; flex: none; }
 """
 
 JUMP_JS = """
@@ -112,7 +114,10 @@ def index_page(data: dict[str, Any]) -> str:
     charts.append(svg_chart(series, metric, 'training step'))
   layer_links = ''.join(
       f'<li><a href="layer{n}.html">layer {n}</a>: {data["layers"][n]["units"]} units, '
-      f'{sum(data["layers"][n]["dead"])} dead</li>' for n in layers)
+      f'{sum(data["layers"][n]["dead"])} dead' + (
+          f'; feature visualisations beat the dataset for {data["layers"][n]["featurevis"]["live_beating"]} of '
+          f'{data["layers"][n]["featurevis"]["live"]} live units' if data['layers'][n].get('featurevis') else '')
+      + '</li>' for n in layers)
   body = f"""<h1>Report: step {data['step']} of {html.escape(data['workdir'])}</h1>
 <p>Checkpoint step {data['step']}; evaluation: {html.escape(figures)}.</p>
 <h2>Layers</h2><ul>{layer_links}
@@ -140,6 +145,33 @@ def unit_classes(layer: dict[str, Any], u: int) -> str:
           f'class selectivity {layer["class_selectivity"][u]:.2f}</p>')
 
 
+def unit_featurevis(layer: dict[str, Any], u: int) -> str:
+  """Unit `u`'s feature visualisations (`report.write_featurevis`) as a crop of their sprite sheet, with the
+  objective they reach against the dataset's best in the tooltip; empty for a layer without them."""
+  fv = layer.get('featurevis')
+  if not fv:
+    return ''
+  sheet, row = divmod(u, fv['units_per_sheet'])
+  reached = ', '.join(f'{v:.3g}' for v in fv['activation'][u])
+  title = (f'feature visualisation: map mean {reached} (the best {layer["images"]} images: '
+           f'{fv["dataset_best"][u]:.3g})' + ('; after the objective\'s images, the negative\'s' if fv['negative']
+                                              else ''))
+  return (f'<div class="fv" title="{html.escape(title)}" style="width:{fv["width"]}px;height:{fv["tile"]}px;'
+          f'background-image:url({fv["sheets"][sheet]});background-position:0 -{row * fv["tile"]}px"></div>')
+
+
+def featurevis_note(layer: dict[str, Any]) -> str:
+  """The layer page's sentence on its feature visualisations; empty without them."""
+  fv = layer.get('featurevis')
+  if not fv:
+    return ''
+  what = (f'{fv["diversity"]} diverse images' if fv['diversity'] > 1 else 'the image') + (
+      ' and the negative\'s (the map mean minimised)' if fv['negative'] else '')
+  return (f'<p>Left of each unit\'s top {layer["k"]}: {what} that maximise its map mean, found by optimisation '
+          f'(Olah et al. 2017, Lucid\'s recipe). For {fv["live_beating"]} of the {fv["live"]} live units it beats '
+          f'every one of the {layer["images"]} images (hover for the values).</p>')
+
+
 def layer_page(layer: dict[str, Any], split: str, layers: Sequence[int]) -> str:
   n, k, tile = layer['layer'], layer['k'], layer['tile']
   height, width = tile, layer['cell_width']
@@ -147,6 +179,10 @@ def layer_page(layer: dict[str, Any], split: str, layers: Sequence[int]) -> str:
   for u in range(layer['units']):
     sheet, row = divmod(u, layer['units_per_sheet'])
     values = ' '.join('-' if v is None else f'{v:.3g}' for v in layer['value'][u])
+    if layer.get('featurevis'):
+      fv = layer['featurevis']
+      values += (f' | map mean: visualisation {max(fv["activation"][u][:fv["diversity"]]):.3g}, best image '
+                 f'{fv["dataset_best"][u]:.3g}')
     if layer.get('selectivity') and layer['selectivity'][u] is not None:
       values += f' | selectivity {layer["selectivity"][u]:.2f}'
     where = '; '.join(f'image {i} ({y}, {x})' for i, y, x, v in
@@ -154,9 +190,10 @@ def layer_page(layer: dict[str, Any], split: str, layers: Sequence[int]) -> str:
     sort_keys = f' data-unit="{u}"' + (f' data-class-selectivity="{layer["class_selectivity"][u]}"'
                                        if 'class_selectivity' in layer else '')
     units.append(f'<section class="unit{" dead" if layer["dead"][u] else ""}" id="unit-{u}"{sort_keys}>'
-                 f'<h3><a href="#unit-{u}">unit {u}</a></h3><div class="cell" title="{where}" style="width:{width}px;'
+                 f'<h3><a href="#unit-{u}">unit {u}</a></h3><div class="visuals">{unit_featurevis(layer, u)}'
+                 f'<div class="cell" title="{where}" style="width:{width}px;'
                  f'height:{height}px;background-image:url({layer["sheets"][sheet]});background-position:0 '
-                 f'-{row * height}px"></div>{unit_classes(layer, u)}<p class="values">{values}</p></section>')
+                 f'-{row * height}px"></div></div>{unit_classes(layer, u)}<p class="values">{values}</p></section>')
   dead = sum(layer['dead'])
   sort = ('<label>sort by <select id="sort"><option value="unit">unit</option><option value="classSelectivity">'
           'class selectivity</option></select></label>' if 'class_selectivity' in layer else '')
@@ -166,7 +203,7 @@ first: on the left the deconvnet projections (each on its own scale, grey at zer
 {layer['window']}-px image patches they come from (Fig. 2). Below, the activation values. {dead} units never fire
 on these images (dead). Hover a unit for its images and positions. Under each unit, what it responds to: its
 classes of highest mean activation, the commonest classes among its top 100 images, and its class selectivity
-(1: one class only, 0: all alike), which the units can be sorted by.</p>
+(1: one class only, 0: all alike), which the units can be sorted by.</p>{featurevis_note(layer)}
 <form id="jump" onsubmit="return false"><input id="filter" placeholder="unit number, Enter" size="18"
  aria-label="jump to unit"> <label><input type="checkbox" id="hide-dead"> hide dead units</label> {sort}</form>
 <div class="units">{''.join(units)}</div>
