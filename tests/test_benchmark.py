@@ -40,6 +40,23 @@ def test_each_step_measurement_is_one_json_record_with_every_field(what):
   assert record['peak_memory_bytes'] > 0 and record['compile_s'] > 0
 
 
+def test_featurevis_rate_is_units_times_steps_per_second_beside_lucent_where_there():
+  config = tiny_digits()
+  options = benchmarks.Options(config_path='configs/digits.py', steps=3, units=2)
+  [record] = benchmarks.BENCHMARKS['featurevis'](config, options)
+  assert set(FIELDS + ('first_call_s',)) <= set(record), set(FIELDS) - set(record)
+  assert (record['what'], record['batch'], record['units'], record['timed_steps'], record['layer']) == (
+      'featurevis', 2, 2, 3, 5)
+  assert record['units_x_steps_per_s'] == record['images_per_s'] == pytest.approx(2 / record['step_time_s'])
+  assert record['first_call_s'] > 3 * record['step_time_s'] > 0  # the first call compiles, then runs the 3 steps
+  if os.environ.get('ZFNET_REFERENCE_PYTHON'):  # lucent's venv (scripts/reference_featurevis.py)
+    assert record['ratio'] == pytest.approx(record['units_x_steps_per_s'] / record['lucent_units_x_steps_per_s'])
+  else:
+    assert 'ratio' not in record
+  with pytest.raises(ValueError, match='--units must be at least 1, got 0'):
+    harness.Options(config_path='c.py', units=0)
+
+
 def test_report_timing_adds_up_over_every_unit():
   config = tiny_digits(eval_batch_size=8, **{'model.remove_layers': (3, 4)})  # conv layers 1, 2, 5
   options = benchmarks.Options(config_path='configs/digits.py', images=12)
@@ -81,8 +98,8 @@ def test_command_line_prints_one_json_line_and_rejects_unknown_subcommands():
   [line] = done.stdout.splitlines()
   record = json.loads(line)
   assert (record['what'], record['batch'], record['timed_steps'], record['devices']) == ('infer', 4, 1, 1)
-  usage = ('usage: python -m zfnet_jax.benchmark train|infer|deconv|occlusion|report|pageload|input|attribute '
-           '--config CFG')
+  usage = ('usage: python -m zfnet_jax.benchmark train|infer|deconv|occlusion|report|pageload|input|attribute|'
+           'featurevis --config CFG')
   with pytest.raises(SystemExit, match=re.escape(usage) + r'.*or device --config CFG'):
     benchmark.main(['benchmark', 'deconvolve'])
 
