@@ -6,7 +6,8 @@ compiled step divided by the step time), peak memory, jax version and date. `tra
 jitted train and eval steps, `deconv` and `occlusion` the deconvnet's projections and Fig. 7's occlusion
 maps of one image, `report` the report's layer pages, `pageload` a built report's pages in headless
 Chromium (`--site DIR [--screenshot PNG]`), `input` the training input beside a plain tf.data pipeline
-(`--start_step N` to time a resume). `device` is what a GPU or TPU host measures, part by part
+(`--start_step N` to time a resume), `attribute` each attribution method beside Captum's (`--batch B` images
+per call). `device` is what a GPU or TPU host measures, part by part
 (`--parts devices,train,profile,maxpool,interpret,input`; `scripts/device_check.sh` runs each under its own time
 budget). What each measures and against what: `zfnet_jax/benchmarks/`. Results and how to read them:
 `docs/PERFORMANCE.md`.
@@ -33,7 +34,8 @@ def main(argv: list[str]) -> None:
   options = Options(config_path=FLAGS['config'].config_filename, steps=FLAGS.steps, warmup=FLAGS.warmup,
                     images=FLAGS.images, site=FLAGS.site or '', screenshot=FLAGS.screenshot or '',
                     start_step=FLAGS.start_step, parts=FLAGS.parts or '', batches=FLAGS.batches or '',
-                    peak_tflops=FLAGS.peak_tflops or '', profile_dir=FLAGS.profile_dir or '')
+                    peak_tflops=FLAGS.peak_tflops or '', profile_dir=FLAGS.profile_dir or '',
+                    batch=FLAGS.batch)
   for line in BENCHMARKS[argv[1]](FLAGS.config, options):
     print(json.dumps(line), flush=True)
 
@@ -52,6 +54,8 @@ def define_flags() -> None:
   flags.DEFINE_string('peak_tflops', None, "device: one device's peak TFLOP/s, BF16[,F32], for a device kind the "
                       'peak table lacks.')
   flags.DEFINE_string('profile_dir', None, 'device: where the profile part writes its trace.')
+  flags.DEFINE_integer('batch', Options.batch, 'attribute: images (each with its target) per call; maps/s = batch / '
+                       'time per call.')
 
 
 if __name__ == '__main__':

@@ -38,12 +38,15 @@ class Options:
   batches: str = ''  # device: train/infer batch sizes, comma-separated (default: doubling while images/s grows)
   peak_tflops: str = ''  # device: one device's peak TFLOP/s, 'BF16[,F32]', where `device.PEAKS` lacks it
   profile_dir: str = ''  # device: where the profile part writes its trace (default: a temporary folder)
+  batch: int = 1  # attribute: images (and targets) per call
 
   def __post_init__(self):
     if self.steps < 1:
       raise ValueError(f'--steps must be at least 1, got {self.steps}')
     if self.warmup < 0:
       raise ValueError(f'--warmup must be at least 0, got {self.warmup}')
+    if self.batch < 1:
+      raise ValueError(f'--batch must be at least 1, got {self.batch}')
 
 
 Benchmark = Callable[[ml_collections.ConfigDict, Options], Iterable[Record]]
