@@ -2,8 +2,10 @@
 
 Runs in a venv of its own (never a dependency of the package):
   python3 -m venv /tmp/ref && /tmp/ref/bin/pip install torch==2.13.0 captum numpy
-  /tmp/ref/bin/python scripts/reference_attribution.py [--steps 32] [--samples 16] [--runs 5]
-Prints one JSON line `{method: maps_per_s, ...}`: one 224-px image per call, the class logit 0 as target, the
+  /tmp/ref/bin/python scripts/reference_attribution.py [--steps 32] [--samples 16] [--runs 5] [--batch 1]
+Prints one JSON line `{method: maps_per_s, ...}`: `--batch` 224-px images per call (maps/s = batch / median time
+per call), each with the class logit 0 as target, integrated gradients' steps and SmoothGrad's samples of every
+image in one internal batch (as ours sends them down in one vjp), the
 network of configs/default.py (7x7/2/3, 5x5/2/2, 3x3/1/1 x3, floor 3x3/2 pooling, fc 4096-4096-1000, random
 weights). `python -m zfnet_jax.benchmark attribute` runs it when ZFNET_REFERENCE_PYTHON names this venv's python.
 """
@@ -31,21 +33,24 @@ def main() -> None:
   ap.add_argument('--steps', type=int, default=32)
   ap.add_argument('--samples', type=int, default=16)
   ap.add_argument('--runs', type=int, default=5)
+  ap.add_argument('--batch', type=int, default=1)
   a = ap.parse_args()
   torch.manual_seed(0)
   m = zfnet().eval()
-  x = torch.randn(1, 3, 224, 224)
+  x = torch.randn(a.batch, 3, 224, 224)
+  target = torch.zeros(a.batch, dtype=torch.long)
   methods = {
-      'deconvnet': lambda: attr.Deconvolution(m).attribute(x, target=0),
-      'guided_backprop': lambda: attr.GuidedBackprop(m).attribute(x, target=0),
-      'gradient': lambda: attr.Saliency(m).attribute(x, target=0, abs=False),
-      'gradient_x_input': lambda: attr.InputXGradient(m).attribute(x, target=0),
+      'deconvnet': lambda: attr.Deconvolution(m).attribute(x, target=target),
+      'guided_backprop': lambda: attr.GuidedBackprop(m).attribute(x, target=target),
+      'gradient': lambda: attr.Saliency(m).attribute(x, target=target, abs=False),
+      'gradient_x_input': lambda: attr.InputXGradient(m).attribute(x, target=target),
       'integrated_gradients': lambda: attr.IntegratedGradients(m).attribute(
-          x, baselines=0.0, target=0, n_steps=a.steps, method='riemann_middle', internal_batch_size=a.steps),
+          x, baselines=0.0, target=target, n_steps=a.steps, method='riemann_middle',
+          internal_batch_size=a.steps * a.batch),
       'smoothgrad': lambda: attr.NoiseTunnel(attr.Saliency(m)).attribute(
           x, nt_type='smoothgrad', nt_samples=a.samples, nt_samples_batch_size=a.samples,
-          stdevs=0.15 * float(x.max() - x.min()), target=0, abs=False),
-      'gradcam': lambda: attr.LayerGradCam(m, m[11]).attribute(x, target=0, relu_attributions=True),
+          stdevs=0.15 * float(x.max() - x.min()), target=target, abs=False),
+      'gradcam': lambda: attr.LayerGradCam(m, m[11]).attribute(x, target=target, relu_attributions=True),
   }
   out = {'reference': 'captum', 'torch': torch.__version__, 'threads': torch.get_num_threads()}
   for name, fn in methods.items():
@@ -55,7 +60,7 @@ def main() -> None:
       t = time.perf_counter()
       fn()
       times.append(time.perf_counter() - t)
-    out[name] = 1 / statistics.median(times)
+    out[name] = a.batch / statistics.median(times)
   print(json.dumps(out))
 
 

@@ -112,6 +112,8 @@ def test_harness_times_each_step_and_checks_its_options():
     harness.Options(config_path='c.py', steps=0)
   with pytest.raises(ValueError, match='--warmup must be at least 0'):
     harness.Options(config_path='c.py', warmup=-1)
+  with pytest.raises(ValueError, match='--batch must be at least 1, got 0'):
+    harness.Options(config_path='c.py', batch=0)
 
 
 def test_harness_and_train_load_neither_tensorflow_nor_playwright():
@@ -156,23 +158,25 @@ def test_tfdata_reference_crops_and_subtracts_the_one_grey_mean(tfds_dir):
 
 
 def test_attribute_times_each_method_beside_a_reference(tmp_path, monkeypatch):
-  """One record per method of the engine; with ZFNET_REFERENCE_PYTHON the reference's maps/s (here a stand-in
-  script printing known numbers) and the ratio join each record."""
+  """One record per method of the engine, `--batch` maps per call; with ZFNET_REFERENCE_PYTHON the reference's
+  maps/s (here a stand-in script printing known numbers times the batch it was given) and the ratio join each
+  record."""
   from zfnet_jax.benchmarks import attribute
   from zfnet_jax.interpret import attribution
   fake = tmp_path / 'reference.py'
-  fake.write_text('import json\nprint(json.dumps({"threads": 2, "gradient": 4.0, "gradcam": 8.0}))\n')
+  fake.write_text('import json, sys\nb = int(sys.argv[sys.argv.index("--batch") + 1])\n'
+                  'print(json.dumps({"threads": 2, "gradient": 4.0 * b, "gradcam": 8.0 * b}))\n')
   monkeypatch.setattr(attribute, 'REFERENCE', str(fake))
   monkeypatch.setattr(attribute, 'STEPS', 2)
   monkeypatch.setattr(attribute, 'SAMPLES', 2)
   monkeypatch.setenv('ZFNET_REFERENCE_PYTHON', sys.executable)
-  options = benchmarks.Options(config_path='configs/digits.py', steps=2, warmup=0)
+  options = benchmarks.Options(config_path='configs/digits.py', steps=2, warmup=0, batch=3)
   records = [json.loads(json.dumps(r)) for r in benchmarks.BENCHMARKS['attribute'](tiny_digits(), options)]
   assert [r['method'] for r in records] == list(attribution.METHODS)
   for r in records:
-    assert set(FIELDS) <= set(r) and (r['what'], r['batch'], r['timed_steps']) == ('attribute', 1, 2)
-    assert r['maps_per_s'] == pytest.approx(1 / r['step_time_s'])
-    expected = {'gradient': 4.0, 'gradcam': 8.0}.get(r['method'])
+    assert set(FIELDS) <= set(r) and (r['what'], r['batch'], r['timed_steps']) == ('attribute', 3, 2)
+    assert r['maps_per_s'] == pytest.approx(3 / r['step_time_s']) == pytest.approx(r['images_per_s'])
+    expected = {'gradient': 12.0, 'gradcam': 24.0}.get(r['method'])
     assert r.get('captum_maps_per_s') == expected
     if expected:
       assert r['ratio'] == pytest.approx(r['maps_per_s'] / expected) and r['reference_threads'] == 2

@@ -6,12 +6,12 @@ compiled step divided by the step time), peak memory, jax version and date. `tra
 jitted train and eval steps, `deconv` and `occlusion` the deconvnet's projections and Fig. 7's occlusion
 maps of one image, `report` the report's layer pages, `pageload` a built report's pages in headless
 Chromium (`--site DIR [--screenshot PNG]`), `input` the training input beside a plain tf.data pipeline
-(`--start_step N` to time a resume), `attribute` each attribution method's maps, `featurevis` feature
-visualisation's units x optimisation steps per second on layer 5 (`--units U --steps N`: here `--steps` counts
-the optimisation steps of one timed call). `device` is what a GPU or TPU host measures, part by part
-(`--parts devices,train,profile,maxpool,interpret,input`; `scripts/device_check.sh` runs each under its own time
-budget). What each measures and against what: `zfnet_jax/benchmarks/`. Results and how to read them:
-`docs/PERFORMANCE.md`.
+(`--start_step N` to time a resume), `attribute` each attribution method beside Captum's (`--batch B` images
+per call), `featurevis` feature visualisation's units x optimisation steps per second on layer 5 (`--units U
+--steps N`: here `--steps` counts the optimisation steps of one timed call). `device` is what a GPU or TPU host
+measures, part by part (`--parts devices,train,profile,maxpool,interpret,input`; `scripts/device_check.sh` runs
+each under its own time budget). What each measures and against what: `zfnet_jax/benchmarks/`. Results and how
+to read them: `docs/PERFORMANCE.md`.
 
   python -m zfnet_jax.benchmark train --config configs/default.py --config.batch_size=32 --steps 5
   python -m zfnet_jax.benchmark featurevis --config configs/default.py --units 16 --steps 32
@@ -36,7 +36,8 @@ def main(argv: list[str]) -> None:
   options = Options(config_path=FLAGS['config'].config_filename, steps=FLAGS.steps, warmup=FLAGS.warmup,
                     images=FLAGS.images, site=FLAGS.site or '', screenshot=FLAGS.screenshot or '',
                     start_step=FLAGS.start_step, parts=FLAGS.parts or '', batches=FLAGS.batches or '',
-                    peak_tflops=FLAGS.peak_tflops or '', profile_dir=FLAGS.profile_dir or '', units=FLAGS.units)
+                    peak_tflops=FLAGS.peak_tflops or '', profile_dir=FLAGS.profile_dir or '', units=FLAGS.units,
+                    batch=FLAGS.batch)
   for line in BENCHMARKS[argv[1]](FLAGS.config, options):
     print(json.dumps(line), flush=True)
 
@@ -56,6 +57,8 @@ def define_flags() -> None:
                       'peak table lacks.')
   flags.DEFINE_string('profile_dir', None, 'device: where the profile part writes its trace.')
   flags.DEFINE_integer('units', Options.units, 'featurevis: the units of layer 5 optimised together.')
+  flags.DEFINE_integer('batch', Options.batch, 'attribute: images (each with its target) per call; maps/s = batch / '
+                       'time per call.')
 
 
 if __name__ == '__main__':

@@ -1,10 +1,11 @@
-"""`attribute`: each attribution method's maps of one synthetic image through random weights, per second.
+"""`attribute`: each attribution method's maps of synthetic images through random weights, per second.
 
-One record per method of `attribution.METHODS` (the class logit 0 as target; integrated gradients with 32 steps,
-SmoothGrad with 16 samples, Grad-CAM at its default layer), jitted once, median of `--steps` calls. With
+One record per method of `attribution.METHODS` (`--batch` images per call, default 1, each with the class logit 0
+as target; integrated gradients with 32 steps, SmoothGrad with 16 samples, Grad-CAM at its default layer), jitted
+once, median of `--steps` calls; `maps_per_s` is the batch over the median time per call. With
 `ZFNET_REFERENCE_PYTHON` naming a Python that has torch and captum (a venv of its own, never a dependency),
-the same run also times Captum's same method on the plain PyTorch ZFNet (`scripts/reference_attribution.py`)
-and adds `captum_maps_per_s` and `ratio` to each record.
+the same run also times Captum's same method on the plain PyTorch ZFNet (`scripts/reference_attribution.py`,
+the same batch in one call) and adds `captum_maps_per_s` and `ratio` to each record.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def _reference(options: harness.Options) -> dict:
   if not python:
     return {}
   done = subprocess.run([python, REFERENCE, '--steps', str(STEPS), '--samples', str(SAMPLES), '--runs',
-                         str(options.steps)], check=True, capture_output=True, text=True)
+                         str(options.steps), '--batch', str(options.batch)],
+                        check=True, capture_output=True, text=True)
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -39,8 +41,8 @@ def run(config: ml_collections.ConfigDict, options: harness.Options) -> list[har
   model = network.create_model(config)
   arch = model.arch
   params = harness.random_params(model, config)
-  image = jax.device_put(harness.synthetic_images(config, 1))
-  targets = attribution.Targets(*(jnp.zeros((1,), jnp.int32) for _ in range(3)))
+  image = jax.device_put(harness.synthetic_images(config, options.batch))
+  targets = attribution.Targets(*(jnp.zeros((options.batch,), jnp.int32) for _ in range(3)))
   records = []
   for method in attribution.METHODS:
     fn = jax.jit(lambda p, x, t, method=method: attribution.attribute(arch, p, x, t, 'logits', method, steps=STEPS,
@@ -49,8 +51,8 @@ def run(config: ml_collections.ConfigDict, options: harness.Options) -> list[har
     flops = harness.step_flops(compiled)
     times = harness.time_steps(lambda: jax.block_until_ready(compiled(params, image, targets)), options.warmup,
                                options.steps)
-    records.append(harness.record(options, config, 'attribute', 1, times, flops, compile_s=compile_s, method=method,
-                                  maps_per_s=1 / statistics.median(times.wall)))
+    records.append(harness.record(options, config, 'attribute', options.batch, times, flops, compile_s=compile_s,
+                                  method=method, maps_per_s=options.batch / statistics.median(times.wall)))
   reference = _reference(options)
   for r in records:
     if r['method'] in reference:

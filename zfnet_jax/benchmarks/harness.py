@@ -39,6 +39,7 @@ class Options:
   peak_tflops: str = ''  # device: one device's peak TFLOP/s, 'BF16[,F32]', where `device.PEAKS` lacks it
   profile_dir: str = ''  # device: where the profile part writes its trace (default: a temporary folder)
   units: int = 16  # featurevis: the units optimised together (`steps`: the optimisation steps)
+  batch: int = 1  # attribute: images (and targets) per call
 
   def __post_init__(self):
     if self.steps < 1:
@@ -47,6 +48,8 @@ class Options:
       raise ValueError(f'--warmup must be at least 0, got {self.warmup}')
     if self.units < 1:
       raise ValueError(f'--units must be at least 1, got {self.units}')
+    if self.batch < 1:
+      raise ValueError(f'--batch must be at least 1, got {self.batch}')
 
 
 Benchmark = Callable[[ml_collections.ConfigDict, Options], Iterable[Record]]
