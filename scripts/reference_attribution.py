@@ -15,17 +15,9 @@ import statistics
 import time
 
 import torch
-import torch.nn as nn
+from reference_zfnet import zfnet  # scripts/, beside this file
 from captum import attr
 
-
-def zfnet() -> nn.Sequential:
-  return nn.Sequential(
-      nn.Conv2d(3, 96, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2),
-      nn.Conv2d(96, 256, 5, 2, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
-      nn.Conv2d(256, 384, 3, 1, 1), nn.ReLU(), nn.Conv2d(384, 384, 3, 1, 1), nn.ReLU(),
-      nn.Conv2d(384, 256, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(),
-      nn.Linear(9216, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 1000))
 
 
 def main() -> None:

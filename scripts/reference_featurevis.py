@@ -24,18 +24,10 @@ import time
 import types
 
 import torch
-import torch.nn as nn
+from reference_zfnet import zfnet  # scripts/, beside this file
 
 LAYER5 = '12'  # lucent's hook name of layer 5's output (conv5, ReLU, max-pool) in the Sequential below
 
-
-def zfnet() -> nn.Sequential:
-  return nn.Sequential(
-      nn.Conv2d(3, 96, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2),
-      nn.Conv2d(96, 256, 5, 2, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
-      nn.Conv2d(256, 384, 3, 1, 1), nn.ReLU(), nn.Conv2d(384, 384, 3, 1, 1), nn.ReLU(),
-      nn.Conv2d(384, 256, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(),
-      nn.Linear(9216, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 1000))
 
 
 def _normalize_without_torchvision() -> None:

@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO, config_path
 from zfnet_jax import config_lib
 from zfnet_jax.benchmarks import device
+from zfnet_jax.interpret import attribution
 from zfnet_jax.model import network
 
 PARTS = ('devices', 'train', 'profile', 'maxpool', 'interpret', 'input_data', 'input')
@@ -75,8 +76,12 @@ def test_smoke_maxpool_interpret_and_input_rates(smoke):
   [occ] = [r for r in interpret if r['what'] == 'occlusion']
   [rep] = [r for r in interpret if r['what'] == 'report_layers']
   assert positive(occ['seconds_per_image'], rep['top9_job_s'], rep['images'])
+  assert {r['method'] for r in interpret if r['what'] == 'attribute'} == set(attribution.METHODS)
+  assert all(positive(r['maps_per_s']) for r in interpret if r['what'] == 'attribute')
+  [fv] = [r for r in interpret if r['what'] == 'featurevis']
+  assert fv['units'] == 8 and positive(fv['units_x_steps_per_s'])  # every channel of conv5, capped at its 8
   assert {r['what']: r['status'] for r in interpret if 'status' in r} == {
-      name: 'not in this version' for name in ('attribution', 'featurevis') if name not in device_benchmarks()}
+      name: 'not in this version' for name in ('attribute', 'featurevis') if name not in device_benchmarks()}
   [grain] = [r for r in records if r['what'] == 'input']
   assert positive(grain['images_per_s'], grain['tfdata_images_per_s'], grain['workers'])
   workers = [r['workers'] for r in records if r['what'] == 'input_workers']

@@ -12,7 +12,7 @@ measured, so a part cut off by its budget keeps what it had. The parts, in the s
   time (`profile_ops`), for when the utilisation is low.
 - `maxpool`: ReLU + max-pool forward and backward at every pool of the network, `layers.max_pool` (gradient
   through its switches, a custom JVP) against `lax.reduce_window`'s (`select_and_scatter`), per dtype.
-- `interpret`: the deconvnet, occlusion and report top-9 measurements (and `attribution`, `featurevis` once a
+- `interpret`: the deconvnet, occlusion and report top-9 measurements (and `attribute`, `featurevis` once a
   module of that name is registered in `BENCHMARKS`).
 - `input`: the training input on this host's cores (`benchmarks.input`: Grain beside tf.data, then Grain at half
   and twice the default workers) on the ImageNet-format squares the script prepares; the table puts it beside
@@ -40,7 +40,7 @@ from zfnet_jax.benchmarks import harness
 from zfnet_jax.model import layers, network
 
 PARTS = ('devices', 'train', 'profile', 'maxpool', 'interpret', 'input')
-INTERPRET = ('deconv', 'occlusion', 'report', 'attribution', 'featurevis')
+INTERPRET = ('deconv', 'occlusion', 'report', 'attribute', 'featurevis')
 DTYPES = ('bfloat16', 'float32')
 GROWTH = 1.05  # keep doubling the batch while images/s grows at least this much
 MAX_BATCH = 4096
@@ -351,6 +351,14 @@ def _row(r: harness.Record, train_best: float | None) -> list[str] | None:
   if what == 'report_layers':
     return [*base, f"{r['images'] / r['top9_job_s']:,.1f} images/s", '-', '-', '-',
             f"top-9 job {r['top9_job_s']:.1f} s over {r['images']} images; with sprites {r['report_layers_s']:.1f} s"]
+  if what == 'attribute':
+    beside = f"; {r['ratio']:.2f}x Captum's" if 'ratio' in r else ''
+    return [*base[:1], f"attribute {r['method']}", *base[2:], f"{r['maps_per_s']:,.1f} maps/s", _number(step_ms, 2),
+            '-', '-', f"one image's map{beside}"]
+  if what == 'featurevis':
+    beside = f"; {r['ratio']:.2f}x lucent's" if 'ratio' in r else ''
+    return [*base, f"{r['units_x_steps_per_s']:,.1f} /s", _number(step_ms, 2), '-', '-',
+            f"units x optimisation steps per second, layer {r['layer']}, {r['units']} units{beside}"]
   if what in ('input', 'input_workers'):
     beside = f'; train step (best) {train_best:,.0f} img/s' if train_best else ''
     tfdata = f"; tf.data {r['tfdata_images_per_s']:,.0f} img/s" if 'tfdata_images_per_s' in r else ''
