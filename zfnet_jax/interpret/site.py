@@ -151,13 +151,20 @@ def unit_featurevis(layer: dict[str, Any], u: int) -> str:
   fv = layer.get('featurevis')
   if not fv:
     return ''
-  sheet, row = divmod(u, fv['units_per_sheet'])
   reached = ', '.join(f'{v:.3g}' for v in fv['activation'][u])
   title = (f'feature visualisation: map mean {reached} (the best {layer["images"]} images: '
            f'{fv["dataset_best"][u]:.3g})' + ('; after the objective\'s images, the negative\'s' if fv['negative']
                                               else ''))
-  return (f'<div class="fv" title="{html.escape(title)}" style="width:{fv["width"]}px;height:{fv["tile"]}px;'
-          f'background-image:url({fv["sheets"][sheet]});background-position:0 -{row * fv["tile"]}px"></div>')
+  return sprite_cell('fv', html.escape(title), fv['sheets'], fv['units_per_sheet'], u, fv['width'], fv['tile'])
+
+
+def sprite_cell(kind: str, title: str, sheets: Sequence[str], units_per_sheet: int, u: int, width: int,
+                height: int) -> str:
+  """Unit `u`'s row of a layer's sprite sheets (`units_per_sheet` rows of `height` px per sheet) as a `div` of class
+  `kind`; `title` already escaped."""
+  sheet, row = divmod(u, units_per_sheet)
+  return (f'<div class="{kind}" title="{title}" style="width:{width}px;height:{height}px;'
+          f'background-image:url({sheets[sheet]});background-position:0 -{row * height}px"></div>')
 
 
 def featurevis_note(layer: dict[str, Any]) -> str:
@@ -179,7 +186,6 @@ def layer_page(layer: dict[str, Any], split: str, layers: Sequence[int]) -> str:
   height, width = tile, layer['cell_width']
   units = []
   for u in range(layer['units']):
-    sheet, row = divmod(u, layer['units_per_sheet'])
     values = ' '.join('-' if v is None else f'{v:.3g}' for v in layer['value'][u])
     if layer.get('featurevis'):
       fv = layer['featurevis']
@@ -193,9 +199,8 @@ def layer_page(layer: dict[str, Any], split: str, layers: Sequence[int]) -> str:
                                        if 'class_selectivity' in layer else '')
     units.append(f'<section class="unit{" dead" if layer["dead"][u] else ""}" id="unit-{u}"{sort_keys}>'
                  f'<h3><a href="#unit-{u}">unit {u}</a></h3><div class="visuals">{unit_featurevis(layer, u)}'
-                 f'<div class="cell" title="{where}" style="width:{width}px;'
-                 f'height:{height}px;background-image:url({layer["sheets"][sheet]});background-position:0 '
-                 f'-{row * height}px"></div></div>{unit_classes(layer, u)}<p class="values">{values}</p></section>')
+                 f'{sprite_cell("cell", where, layer["sheets"], layer["units_per_sheet"], u, width, height)}</div>'
+                 f'{unit_classes(layer, u)}<p class="values">{values}</p></section>')
   dead = sum(layer['dead'])
   sort = ('<label>sort by <select id="sort"><option value="unit">unit</option><option value="classSelectivity">'
           'class selectivity</option></select></label>' if 'class_selectivity' in layer else '')
